@@ -1,0 +1,536 @@
+//! Frame decoding and encoding (SPEC §3).
+//!
+//! A frame is one JSON message object or a JSON array of them. Decoding is done field by
+//! field from a parsed JSON tree rather than with a derived deserializer, so that every
+//! rejection names the offending field: the NACK reason is what an application developer
+//! reads when an integration goes wrong.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+
+use crate::hlc::Hlc;
+use crate::message::{
+    Body, Envelope, Hello, Invalid, Message, MessageType, Response, Role, Value, ValueKind,
+};
+
+/// Size and shape limits applied while decoding. Each is configurable on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted frame, in bytes.
+    pub max_frame_bytes: usize,
+    /// Most messages in one array frame.
+    pub max_batch: usize,
+    /// Longest `messagePath`.
+    pub max_path: usize,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes (the string, or the sum of members for SA and SW).
+    pub max_value_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 1024 * 1024,
+            max_batch: 1000,
+            max_path: 64,
+            max_key_bytes: 1024,
+            max_value_bytes: 512 * 1024,
+        }
+    }
+}
+
+/// A frame that could not be split into messages at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("frame is not valid JSON: {0}")]
+    Json(String),
+    #[error("frame must be a JSON object or an array of objects, got {0}")]
+    NotAMessage(&'static str),
+    #[error("batch of {size} messages exceeds the limit of {limit}")]
+    BatchTooLarge { size: usize, limit: usize },
+    #[error("frame is an empty array")]
+    EmptyBatch,
+    #[error("binary frames are not accepted; send JSON text frames")]
+    Binary,
+}
+
+/// Decodes one frame. The outer error means nothing in the frame could be used; otherwise
+/// each element is validated on its own, so one bad message in a batch does not sink the rest.
+pub fn decode_frame(
+    text: &str,
+    limits: &Limits,
+) -> Result<Vec<Result<Message, Invalid>>, FrameError> {
+    if text.len() > limits.max_frame_bytes {
+        return Err(FrameError::TooLarge {
+            size: text.len(),
+            limit: limits.max_frame_bytes,
+        });
+    }
+    let json: Json = serde_json::from_str(text).map_err(|e| FrameError::Json(e.to_string()))?;
+    match json {
+        Json::Object(map) => Ok(vec![decode_message(map, limits)]),
+        Json::Array(items) => {
+            if items.is_empty() {
+                return Err(FrameError::EmptyBatch);
+            }
+            if items.len() > limits.max_batch {
+                return Err(FrameError::BatchTooLarge {
+                    size: items.len(),
+                    limit: limits.max_batch,
+                });
+            }
+            Ok(items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Json::Object(map) => decode_message(map, limits),
+                    other => Err(Invalid {
+                        message_id: None,
+                        reason: format!(
+                            "batch element {i} must be a message object, got {}",
+                            json_kind(&other)
+                        ),
+                    }),
+                })
+                .collect())
+        }
+        other => Err(FrameError::NotAMessage(json_kind(&other))),
+    }
+}
+
+/// Decodes one message object.
+pub fn decode_message(map: Map<String, Json>, limits: &Limits) -> Result<Message, Invalid> {
+    let f = Fields::new(&map);
+    let message_id = f.opt_str("messageId").ok().flatten().map(str::to_owned);
+    f.decode(limits)
+        .map_err(|reason| Invalid { message_id, reason })
+}
+
+fn json_kind(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// Field accessors whose errors name the field.
+struct Fields<'a>(&'a Map<String, Json>);
+
+impl<'a> Fields<'a> {
+    fn new(map: &'a Map<String, Json>) -> Self {
+        Fields(map)
+    }
+
+    /// Absent and `null` both mean "not given".
+    fn get(&self, name: &str) -> Option<&'a Json> {
+        self.0.get(name).filter(|v| !v.is_null())
+    }
+
+    fn opt_str(&self, name: &str) -> Result<Option<&'a str>, String> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s)),
+            Some(other) => Err(format!(
+                "field `{name}` must be a string, got {}",
+                json_kind(other)
+            )),
+        }
+    }
+
+    fn req_str(&self, name: &str) -> Result<&'a str, String> {
+        self.opt_str(name)?
+            .ok_or_else(|| format!("field `{name}` is required"))
+    }
+
+    fn opt_id(&self, name: &str) -> Result<Option<String>, String> {
+        match self.opt_str(name)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() || s.chars().count() > 256 => {
+                Err(format!("field `{name}` must be 1 to 256 characters"))
+            }
+            Some(s) => Ok(Some(s.to_owned())),
+        }
+    }
+
+    fn str_array(&self, name: &str, max: usize) -> Result<Vec<String>, String> {
+        match self.get(name) {
+            None => Ok(Vec::new()),
+            Some(Json::Array(items)) => {
+                if items.len() > max {
+                    return Err(format!(
+                        "field `{name}` has {} entries, more than the limit of {max}",
+                        items.len()
+                    ));
+                }
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| match v {
+                        Json::String(s) => Ok(s.clone()),
+                        other => Err(format!(
+                            "field `{name}[{i}]` must be a string, got {}",
+                            json_kind(other)
+                        )),
+                    })
+                    .collect()
+            }
+            Some(other) => Err(format!(
+                "field `{name}` must be an array of strings, got {}",
+                json_kind(other)
+            )),
+        }
+    }
+
+    fn key(&self, limits: &Limits) -> Result<String, String> {
+        let key = self.req_str("key")?;
+        if key.is_empty() {
+            return Err("field `key` must not be empty".to_owned());
+        }
+        if key.len() > limits.max_key_bytes {
+            return Err(format!(
+                "field `key` is {} bytes, more than the limit of {}",
+                key.len(),
+                limits.max_key_bytes
+            ));
+        }
+        Ok(key.to_owned())
+    }
+
+    fn value(&self, kind: ValueKind, limits: &Limits) -> Result<Value, String> {
+        let raw = self.get("value").ok_or("field `value` is required")?;
+        let (value, size) = match (kind, raw) {
+            (ValueKind::String, Json::String(s)) => (Value::String(s.clone()), s.len()),
+            (ValueKind::String, other) => {
+                return Err(format!(
+                    "field `value` must be a string for SK, got {}",
+                    json_kind(other)
+                ))
+            }
+            (ValueKind::Array, Json::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, v) in items.iter().enumerate() {
+                    match v {
+                        Json::String(s) => out.push(s.clone()),
+                        other => {
+                            return Err(format!(
+                                "field `value[{i}]` must be a string for SA, got {}",
+                                json_kind(other)
+                            ))
+                        }
+                    }
+                }
+                let size = out.iter().map(String::len).sum();
+                (Value::Array(out), size)
+            }
+            (ValueKind::Array, other) => {
+                return Err(format!(
+                    "field `value` must be an array of strings for SA, got {}",
+                    json_kind(other)
+                ))
+            }
+            (ValueKind::Weighted, Json::Object(members)) => {
+                let mut out = BTreeMap::new();
+                let mut size = 0;
+                for (member, w) in members {
+                    let weight = w.as_f64().filter(|f| f.is_finite()).ok_or_else(|| {
+                        format!("field `value.{member}` must be a finite number (the weight) for SW, got {}", json_kind(w))
+                    })?;
+                    size += member.len() + 8;
+                    out.insert(member.clone(), weight);
+                }
+                (Value::Weighted(out), size)
+            }
+            (ValueKind::Weighted, other) => {
+                return Err(format!(
+                    "field `value` must be an object of member to weight for SW, got {}",
+                    json_kind(other)
+                ))
+            }
+        };
+        if size > limits.max_value_bytes {
+            return Err(format!(
+                "field `value` is {size} bytes, more than the limit of {}",
+                limits.max_value_bytes
+            ));
+        }
+        Ok(value)
+    }
+
+    fn decode(&self, limits: &Limits) -> Result<Message, String> {
+        let ty = self.req_str("type")?;
+        let ty = MessageType::parse(ty).ok_or_else(|| {
+            format!("field `type` has unknown value {ty:?}; expected one of SK, SA, SW, CMD, GK, GA, GW, ACK, NACK, RES, HELLO")
+        })?;
+        let hlc = match self.opt_str("hlc")? {
+            None => None,
+            Some(s) => Some(s.parse::<Hlc>().map_err(|e| format!("field `hlc` {e}"))?),
+        };
+        let env = Envelope {
+            message_id: self.opt_id("messageId")?,
+            origin_instance_id: self.opt_id("originInstanceId")?,
+            source_instance_id: self.opt_id("sourceInstanceId")?,
+            message_path: self.str_array("messagePath", limits.max_path)?,
+            targeted_tags: self.str_array("targetedTags", 256)?,
+            cluster_group_id: self.opt_id("clusterGroupId")?,
+            hlc,
+        };
+        let body = match ty {
+            MessageType::Sk => Body::Set {
+                key: self.key(limits)?,
+                value: self.value(ValueKind::String, limits)?,
+            },
+            MessageType::Sa => Body::Set {
+                key: self.key(limits)?,
+                value: self.value(ValueKind::Array, limits)?,
+            },
+            MessageType::Sw => Body::Set {
+                key: self.key(limits)?,
+                value: self.value(ValueKind::Weighted, limits)?,
+            },
+            MessageType::Gk => Body::Get {
+                kind: ValueKind::String,
+                key: self.key(limits)?,
+            },
+            MessageType::Ga => Body::Get {
+                kind: ValueKind::Array,
+                key: self.key(limits)?,
+            },
+            MessageType::Gw => Body::Get {
+                kind: ValueKind::Weighted,
+                key: self.key(limits)?,
+            },
+            MessageType::Cmd => {
+                let command = self.req_str("command")?;
+                if command.is_empty() {
+                    return Err("field `command` must not be empty".to_owned());
+                }
+                Body::Command {
+                    command: command.to_owned(),
+                    args: self.str_array("args", 1024)?,
+                }
+            }
+            MessageType::Ack => {
+                let mut ids: Vec<String> = env.message_id.iter().cloned().collect();
+                for id in self.str_array("messageIds", limits.max_batch)? {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+                if ids.is_empty() {
+                    return Err("ACK needs field `messageId` or `messageIds`".to_owned());
+                }
+                Body::Ack { message_ids: ids }
+            }
+            MessageType::Nack => Body::Nack {
+                error: self.opt_str("error")?.unwrap_or("").to_owned(),
+            },
+            MessageType::Res => Body::Res(Response {
+                in_reply_to: self.req_str("inReplyTo")?.to_owned(),
+                instance_id: self.opt_id("instanceId")?,
+                found: match self.get("found") {
+                    None => false,
+                    Some(Json::Bool(b)) => *b,
+                    Some(other) => {
+                        return Err(format!(
+                            "field `found` must be a boolean, got {}",
+                            json_kind(other)
+                        ))
+                    }
+                },
+                value: self.get("value").cloned(),
+                hlc: match self.get("hlc") {
+                    None => None,
+                    Some(_) => hlc,
+                },
+                error: self.opt_str("error")?.map(str::to_owned),
+            }),
+            MessageType::Hello => Body::Hello(Hello {
+                instance_id: self
+                    .opt_id("instanceId")?
+                    .ok_or("field `instanceId` is required")?,
+                tags: self.str_array("tags", 256)?,
+                cluster_group_id: env.cluster_group_id.clone(),
+                role: match self.opt_str("role")? {
+                    None | Some("peer") => Role::Peer,
+                    Some("client") => Role::Client,
+                    Some(other) => {
+                        return Err(format!(
+                            "field `role` must be \"peer\" or \"client\", got {other:?}"
+                        ))
+                    }
+                },
+                protocol_version: match self.get("protocolVersion") {
+                    None => 1,
+                    Some(v) => v.as_u64().ok_or_else(|| {
+                        format!(
+                            "field `protocolVersion` must be a positive integer, got {}",
+                            json_kind(v)
+                        )
+                    })?,
+                },
+            }),
+        };
+        Ok(Message { env, body })
+    }
+}
+
+/// The wire form, borrowed from a [`Message`] for encoding.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<WireValue<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    command: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_ids: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin_instance_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_instance_id: Option<&'a str>,
+    message_path: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    targeted_tags: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_group_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hlc: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    in_reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    found: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<Role>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    protocol_version: Option<u64>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum WireValue<'a> {
+    String(&'a str),
+    Array(&'a [String]),
+    Weighted(&'a BTreeMap<String, f64>),
+    Json(&'a Json),
+}
+
+impl<'a> From<&'a Message> for Wire<'a> {
+    fn from(m: &'a Message) -> Self {
+        let env = &m.env;
+        let mut w = Wire {
+            ty: m.message_type().as_str(),
+            key: m.key(),
+            value: None,
+            command: None,
+            args: None,
+            message_id: env.message_id.as_deref(),
+            message_ids: None,
+            origin_instance_id: env.origin_instance_id.as_deref(),
+            source_instance_id: env.source_instance_id.as_deref(),
+            message_path: &env.message_path,
+            targeted_tags: &env.targeted_tags,
+            cluster_group_id: env.cluster_group_id.as_deref(),
+            hlc: env.hlc.map(|h| h.to_string()),
+            error: None,
+            in_reply_to: None,
+            instance_id: None,
+            found: None,
+            tags: None,
+            role: None,
+            protocol_version: None,
+        };
+        match &m.body {
+            Body::Set { value, .. } => {
+                w.value = Some(match value {
+                    Value::String(s) => WireValue::String(s),
+                    Value::Array(a) => WireValue::Array(a),
+                    Value::Weighted(ws) => WireValue::Weighted(ws),
+                })
+            }
+            Body::Command { command, args } => {
+                w.command = Some(command);
+                w.args = Some(args);
+            }
+            Body::Get { .. } => {}
+            Body::Ack { message_ids } => {
+                // `messageId` carries the first id for receivers that read only that field.
+                w.message_id = message_ids.first().map(String::as_str);
+                if message_ids.len() > 1 {
+                    w.message_ids = Some(message_ids);
+                }
+            }
+            Body::Nack { error } => w.error = Some(error),
+            Body::Res(r) => {
+                w.in_reply_to = Some(&r.in_reply_to);
+                w.instance_id = r.instance_id.as_deref();
+                w.found = Some(r.found);
+                w.value = r.value.as_ref().map(WireValue::Json);
+                w.hlc = r.hlc.map(|h| h.to_string());
+                w.error = r.error.as_deref();
+            }
+            Body::Hello(h) => {
+                w.instance_id = Some(&h.instance_id);
+                w.tags = Some(&h.tags);
+                w.cluster_group_id = h.cluster_group_id.as_deref();
+                w.role = Some(h.role);
+                w.protocol_version = Some(h.protocol_version);
+            }
+        }
+        w
+    }
+}
+
+impl Message {
+    /// The message as one JSON text (a single-message frame).
+    pub fn encode(&self) -> String {
+        serde_json::to_string(&Wire::from(self)).expect("a message always serializes")
+    }
+}
+
+/// Several messages as one array frame.
+pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a Message>) -> String {
+    let wires: Vec<Wire<'a>> = messages.into_iter().map(Wire::from).collect();
+    serde_json::to_string(&wires).expect("a message always serializes")
+}
+
+/// Joins already-encoded messages into one frame: a single one stays an object, several
+/// become an array. Used where messages are stored encoded and sent without re-encoding.
+pub fn join_encoded<S: AsRef<str>>(encoded: &[S]) -> String {
+    if encoded.len() == 1 {
+        return encoded[0].as_ref().to_owned();
+    }
+    let len = encoded.iter().map(|e| e.as_ref().len() + 1).sum::<usize>() + 2;
+    let mut out = String::with_capacity(len);
+    out.push('[');
+    for (i, e) in encoded.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(e.as_ref());
+    }
+    out.push(']');
+    out
+}

@@ -1,0 +1,18 @@
+//! Slipstream's wire protocol (SPEC §3): the message model, frame decoding with errors that
+//! name the offending field, encoding, and the hybrid logical clock.
+//!
+//! Nothing here does I/O; the router and the network layer build on these types.
+
+pub mod codec;
+pub mod hlc;
+pub mod message;
+
+pub use codec::{decode_frame, encode_batch, join_encoded, FrameError, Limits};
+pub use hlc::{Hlc, HlcClock};
+pub use message::{
+    Body, Envelope, Hello, Invalid, Message, MessageType, Response, Role, Value, ValueKind,
+    DEFAULT_CLUSTER_GROUP, PROTOCOL_VERSION,
+};
+
+#[cfg(test)]
+mod tests;
