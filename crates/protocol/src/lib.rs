@@ -11,7 +11,7 @@ pub use codec::{decode_frame, encode_batch, join_encoded, FrameError, Limits};
 pub use hlc::{Hlc, HlcClock};
 pub use message::{
     Body, Envelope, Hello, Invalid, Message, MessageType, Response, Role, Value, ValueKind,
-    DEFAULT_CLUSTER_GROUP, PROTOCOL_VERSION,
+    Version, DEFAULT_CLUSTER_GROUP, PROTOCOL_VERSION,
 };
 
 #[cfg(test)]

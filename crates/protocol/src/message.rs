@@ -321,3 +321,20 @@ impl Envelope {
         }
     }
 }
+
+/// The version a stored value carries: the last writer wins by `hlc`, ties broken by origin
+/// instance id (SPEC §6). Every node compares versions the same way, so every node that sees
+/// the same writes ends with the same value, whatever order they arrive in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Version {
+    pub hlc: Hlc,
+    pub origin: String,
+}
+
+impl Version {
+    /// Whether a write with this version replaces a value stored with `stored`. An equal
+    /// version is the same write arriving again, so it changes nothing.
+    pub fn supersedes(&self, stored: Option<&Version>) -> bool {
+        stored.is_none_or(|s| self > s)
+    }
+}

@@ -245,3 +245,22 @@ fn join_encoded_builds_object_or_array_frames() {
     let both = decode_frame(&join_encoded(&[a, b]), &Limits::default()).unwrap();
     assert_eq!(both.len(), 2);
 }
+
+#[test]
+fn last_writer_wins_by_hlc_then_origin() {
+    let v = |ms, origin: &str| Version {
+        hlc: Hlc::new(ms, 0),
+        origin: origin.into(),
+    };
+    assert!(v(2, "a").supersedes(Some(&v(1, "z"))));
+    assert!(!v(1, "z").supersedes(Some(&v(2, "a"))));
+    assert!(
+        v(1, "b").supersedes(Some(&v(1, "a"))),
+        "tie broken by origin id"
+    );
+    assert!(
+        !v(1, "a").supersedes(Some(&v(1, "a"))),
+        "the same write again changes nothing"
+    );
+    assert!(v(1, "a").supersedes(None));
+}
