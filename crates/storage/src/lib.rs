@@ -1,1 +1,532 @@
+//! Durable storage on SQLite: the message journal (also the dedup record), the delivery outbox,
+//! known peers and the embedded key/value store.
+//!
+//! [`Storage`] is a cheap, cloneable handle. All writes go to one writer thread that groups
+//! whatever has queued up into one transaction and one fsync (WAL, `synchronous=FULL`): under
+//! load many messages share a commit, and each caller hears back only after its commit is on
+//! disk, which is when the node may send its ACK. Reads use a separate connection off the async
+//! threads, so they never wait behind a commit.
 
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use slipstream_protocol::{Hlc, Value, ValueKind};
+use tokio::sync::{mpsc, oneshot};
+
+use writer::{Writer, WriterOp};
+
+/// Errors callers can match.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot create the storage folder {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("SQLite error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the storage writer has stopped")]
+    Closed,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A write to record: the message as it is forwarded, plus its local apply and deliveries.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub message_id: String,
+    pub group: String,
+    pub msg_type: &'static str,
+    pub origin: String,
+    pub hlc: Hlc,
+    pub path: Vec<String>,
+    /// The encoded message in its forwarded form.
+    pub body: String,
+    /// Set when the write applies here (its key and value go to the embedded store).
+    pub apply: Option<(String, Value)>,
+    pub recipients: Vec<String>,
+}
+
+/// What recording did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Committed. `changed` says whether the embedded store took the value (an older write
+    /// loses to a newer one already stored); `deliveries` are the (peer, seq) rows created.
+    New {
+        changed: bool,
+        deliveries: Vec<(String, i64)>,
+    },
+    /// Its (`messageId`, `clusterGroupId`) is in the journal already.
+    Duplicate,
+}
+
+/// A delivery row ready to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub seq: i64,
+    pub message_id: String,
+    pub path: Vec<String>,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// A value in the embedded store, with its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredValue {
+    pub key: String,
+    pub value: Value,
+    pub hlc: Hlc,
+    pub origin: String,
+    pub message_id: String,
+}
+
+/// A peer this node has met.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRow {
+    pub id: String,
+    pub url: Option<String>,
+    pub tags: Vec<String>,
+    pub last_seen: u64,
+}
+
+/// A dead-lettered delivery.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub peer: String,
+    pub message_id: String,
+    pub msg_type: String,
+    pub attempts: u32,
+    pub dead_at: u64,
+    pub note: Option<String>,
+    pub body: String,
+}
+
+/// Delivery counts for one peer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCounts {
+    pub pending: u64,
+    pub sent: u64,
+    pub acked: u64,
+    pub dead: u64,
+}
+
+/// Counters the writer keeps: how many commits, and how many operations they carried.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub commits: std::sync::atomic::AtomicU64,
+    pub ops: std::sync::atomic::AtomicU64,
+}
+
+/// Tuning for the writer.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Most operations grouped into one transaction.
+    pub max_batch: usize,
+    /// Capacity of the writer's queue; callers wait when it is full (backpressure).
+    pub queue: usize,
+}
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            max_batch: 1024,
+            queue: 16 * 1024,
+        }
+    }
+}
+
+/// The handle. Cloning it is cheap; the writer thread stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Storage {
+    tx: mpsc::Sender<WriterOp>,
+    reader: Arc<Mutex<Connection>>,
+    path: Arc<PathBuf>,
+    instance_id: Arc<str>,
+    stats: Arc<WriterStats>,
+    writer_thread: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// Resolves `SLIPSTREAM_STORAGE_PATH`: a folder (the database is `slipstream.db` inside) or a
+/// path ending in `.db`.
+pub fn database_file(path: &Path) -> PathBuf {
+    if path.extension().is_some_and(|e| e == "db") {
+        path.to_path_buf()
+    } else {
+        path.join("slipstream.db")
+    }
+}
+
+impl Storage {
+    /// Opens (or creates) the database and starts the writer thread. `instance_id` overrides
+    /// the stored id; without it the id stored at first start is used, or a new one generated.
+    pub fn open(path: &Path, instance_id: Option<&str>, opts: StorageOptions) -> Result<Storage> {
+        let file = database_file(path);
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = open_conn(&file)?;
+        conn.execute_batch(schema::SCHEMA)?;
+        let stored: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'instance_id'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let id = match (instance_id, stored) {
+            (Some(given), _) => given.to_owned(),
+            (None, Some(stored)) => stored,
+            (None, None) => generate_instance_id(),
+        };
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('instance_id', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![id],
+        )?;
+        let reader = open_conn(&file)?;
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer::new(conn, rx, opts.max_batch.max(1), stats.clone());
+        let handle = std::thread::Builder::new()
+            .name("slipstream-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StorageError::CreateDir {
+                path: file.clone(),
+                source: e,
+            })?;
+        Ok(Storage {
+            tx,
+            reader: Arc::new(Mutex::new(reader)),
+            path: Arc::new(file),
+            instance_id: id.into(),
+            stats,
+            writer_thread: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Commit counters of the writer.
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterOp,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Queues a write for the next commit and returns at once; the answer arrives on the
+    /// returned receiver after the commit is on disk. Waits only while the queue is full.
+    pub async fn submit(&self, record: Record) -> Result<oneshot::Receiver<Result<Recorded>>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(WriterOp::Record(Box::new(record), reply))
+            .await
+            .map_err(|_| StorageError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Records a write and waits for its commit.
+    pub async fn record(&self, record: Record) -> Result<Recorded> {
+        self.submit(record)
+            .await?
+            .await
+            .map_err(|_| StorageError::Closed)?
+    }
+
+    /// Marks rows handed to a connection as sent.
+    pub async fn mark_sent(&self, seqs: Vec<i64>) -> Result<()> {
+        self.call(|r| WriterOp::MarkSent(seqs, r)).await
+    }
+
+    /// Marks rows acknowledged by their peer.
+    pub async fn mark_acked(&self, seqs: Vec<i64>, note: Option<&'static str>) -> Result<()> {
+        self.call(|r| WriterOp::MarkAcked(seqs, note, r)).await
+    }
+
+    /// Counts one unanswered send against each row.
+    pub async fn count_attempt(&self, seqs: Vec<i64>) -> Result<()> {
+        self.call(|r| WriterOp::CountAttempt(seqs, r)).await
+    }
+
+    /// Moves rows to the dead-letter queue.
+    pub async fn mark_dead(&self, seqs: Vec<i64>, note: String) -> Result<()> {
+        self.call(|r| WriterOp::MarkDead(seqs, note, r)).await
+    }
+
+    /// Returns dead rows to `pending` with their attempts reset; `None` replays all. Returns
+    /// the peers whose rows came back, with how many.
+    pub async fn replay_dead(&self, seqs: Option<Vec<i64>>) -> Result<Vec<(String, u64)>> {
+        self.call(|r| WriterOp::ReplayDead(seqs, r)).await
+    }
+
+    /// Deletes dead rows; returns how many.
+    pub async fn purge_dead(&self) -> Result<u64> {
+        self.call(WriterOp::PurgeDead).await
+    }
+
+    /// Remembers a peer met through HELLO (or learnt from `sourceInstanceId`). When it was
+    /// configured by `url` and not known by id before, its `url:` rows move to its id.
+    pub async fn peer_met(&self, peer: PeerRow) -> Result<()> {
+        self.call(|r| WriterOp::PeerMet(peer, r)).await
+    }
+
+    /// Deletes acknowledged deliveries and fully delivered messages older than `before_ms`.
+    /// Returns how many messages went.
+    pub async fn prune(&self, before_ms: u64) -> Result<u64> {
+        self.call(|r| WriterOp::Prune(before_ms, r)).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StorageError::Closed)?
+    }
+
+    /// Open rows for a peer after `after_seq`, in send order.
+    pub async fn open_deliveries(
+        &self,
+        peer: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<Outgoing>> {
+        let peer = peer.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.seq, m.message_id, m.path, m.body, d.attempts
+                 FROM deliveries d JOIN messages m ON m.id = d.msg
+                 WHERE d.peer = ?1 AND d.seq > ?2 AND d.state IN ('pending', 'sent')
+                 ORDER BY d.seq LIMIT ?3",
+            )?;
+            let rows = st.query_map(params![peer, after_seq, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, message_id, path, body, attempts) = row?;
+                let path = serde_json::from_str(&path)
+                    .map_err(|e| StorageError::Corrupt(format!("path of {message_id}: {e}")))?;
+                out.push(Outgoing {
+                    seq,
+                    message_id,
+                    path,
+                    body,
+                    attempts,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A key from the embedded store.
+    pub async fn get(&self, key: &str) -> Result<Option<StoredValue>> {
+        let key = key.to_owned();
+        self.read(move |c| {
+            let row = c
+                .prepare_cached(
+                    "SELECT kind, value, hlc, origin, message_id FROM kv WHERE key = ?1",
+                )?
+                .query_row(params![key], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })
+                .optional()?;
+            let Some((kind, value, hlc, origin, message_id)) = row else {
+                return Ok(None);
+            };
+            let corrupt = |what: &str| StorageError::Corrupt(format!("{what} of key {key}"));
+            let kind = ValueKind::parse(&kind).ok_or_else(|| corrupt("kind"))?;
+            let json = serde_json::from_str(&value).map_err(|_| corrupt("value"))?;
+            let value = Value::from_json(kind, json).ok_or_else(|| corrupt("value"))?;
+            let hlc = hlc.parse().map_err(|_| corrupt("hlc"))?;
+            Ok(Some(StoredValue {
+                key,
+                value,
+                hlc,
+                origin,
+                message_id,
+            }))
+        })
+        .await
+    }
+
+    /// Every key of the embedded store with its value (for checks and dumps), sorted by key.
+    pub async fn dump(&self) -> Result<Vec<(String, String, String)>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT key, value, hlc FROM kv ORDER BY key")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Peers met before, to route to while they are down.
+    pub async fn known_peers(&self) -> Result<Vec<PeerRow>> {
+        self.read(|c| {
+            let mut st = c.prepare("SELECT id, url, tags, last_seen FROM peers ORDER BY id")?;
+            let rows = st.query_map([], |r| {
+                let tags: String = r.get(2)?;
+                Ok(PeerRow {
+                    id: r.get(0)?,
+                    url: r.get(1)?,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                    last_seen: r.get::<_, i64>(3)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Dead letters, oldest first, paged.
+    pub async fn dead_letters(&self, offset: u64, limit: u64) -> Result<Vec<DeadLetter>> {
+        self.read(move |c| {
+            let mut st = c.prepare(
+                "SELECT d.seq, d.peer, m.message_id, m.msg_type, d.attempts, d.updated_at, d.note, m.body
+                 FROM deliveries d JOIN messages m ON m.id = d.msg
+                 WHERE d.state = 'dead' ORDER BY d.seq LIMIT ?1 OFFSET ?2",
+            )?;
+            let rows = st.query_map(params![limit as i64, offset as i64], |r| {
+                Ok(DeadLetter {
+                    seq: r.get(0)?,
+                    peer: r.get(1)?,
+                    message_id: r.get(2)?,
+                    msg_type: r.get(3)?,
+                    attempts: r.get(4)?,
+                    dead_at: r.get::<_, i64>(5)? as u64,
+                    note: r.get(6)?,
+                    body: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// Delivery counts per peer.
+    pub async fn peer_counts(&self) -> Result<Vec<(String, PeerCounts)>> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT peer, state, COUNT(*) FROM deliveries GROUP BY peer, state ORDER BY peer",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?;
+            let mut out: Vec<(String, PeerCounts)> = Vec::new();
+            for row in rows {
+                let (peer, state, n) = row?;
+                if out.last().is_none_or(|(p, _)| *p != peer) {
+                    out.push((peer.clone(), PeerCounts::default()));
+                }
+                let counts = &mut out.last_mut().expect("pushed above").1;
+                match state.as_str() {
+                    "pending" => counts.pending = n,
+                    "sent" => counts.sent = n,
+                    "acked" => counts.acked = n,
+                    "dead" => counts.dead = n,
+                    _ => {}
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// How many messages the journal holds.
+    pub async fn message_count(&self) -> Result<u64> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
+    /// Stops the writer after it has committed everything queued before this call. Other
+    /// clones of the handle fail with [`StorageError::Closed`] afterwards.
+    pub async fn close(&self) {
+        let _ = self.call(WriterOp::Stop).await;
+        let handle = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn open_conn(file: &Path) -> Result<Connection> {
+    let conn = Connection::open(file)?;
+    conn.execute_batch(schema::PRAGMAS)?;
+    Ok(conn)
+}
+
+/// `con-` and eight random hex digits, from the OS's random source via the std hasher seed.
+fn generate_instance_id() -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.write_u32(std::process::id());
+    format!("con-{:08x}", h.finish() as u32)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+//! The SQLite schema. One database file holds the journal of messages (which is also the
+//! durable dedup record), the delivery outbox, known peers, and the embedded key/value store,
+//! so recording a write, its deliveries and its local apply commit as one transaction.
+
+pub const PRAGMAS: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA foreign_keys = OFF;
+PRAGMA busy_timeout = 5000;
+";
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Every write this node recorded, in the form it forwards it. UNIQUE(message_id,
+-- cluster_group) is the durable dedup record: a copy that arrives again is a duplicate.
+CREATE TABLE IF NOT EXISTS messages (
+    id            INTEGER PRIMARY KEY,
+    message_id    TEXT NOT NULL,
+    cluster_group TEXT NOT NULL,
+    msg_type      TEXT NOT NULL,
+    origin        TEXT NOT NULL,
+    hlc           TEXT NOT NULL,
+    path          TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    received_at   INTEGER NOT NULL,
+    UNIQUE (message_id, cluster_group)
+);
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+
+-- One row per (message, recipient peer). `seq` is the send order. `peer` is the peer's
+-- instance id, or `url:<url>` for a configured peer not met yet.
+-- state: pending -> sent -> acked, or dead.
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq        INTEGER PRIMARY KEY,
+    msg        INTEGER NOT NULL,
+    peer       TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL,
+    note       TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (peer, seq) WHERE state IN ('pending', 'sent');
+CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_at);
+CREATE INDEX IF NOT EXISTS deliveries_msg ON deliveries (msg);
+
+-- Peers met through HELLO (or learnt from sourceInstanceId): they stay recipients while down.
+CREATE TABLE IF NOT EXISTS peers (
+    id        TEXT PRIMARY KEY,
+    url       TEXT,
+    tags      TEXT NOT NULL,
+    last_seen INTEGER NOT NULL
+);
+
+-- The embedded store: last writer wins by (hlc, origin).
+CREATE TABLE IF NOT EXISTS kv (
+    key        TEXT PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    hlc        TEXT NOT NULL,
+    origin     TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+";

@@ -1,0 +1,316 @@
+use std::sync::atomic::Ordering;
+
+use slipstream_protocol::{Hlc, Value};
+
+use super::*;
+
+fn open(dir: &Path) -> Storage {
+    Storage::open(dir, None, StorageOptions::default()).unwrap()
+}
+
+fn rec(id: &str, key: &str, value: &str, hlc: u64, origin: &str, recipients: &[&str]) -> Record {
+    Record {
+        message_id: id.into(),
+        group: "singleton".into(),
+        msg_type: "SK",
+        origin: origin.into(),
+        hlc: Hlc::new(hlc, 0),
+        path: vec![origin.into()],
+        body: format!(r#"{{"type":"SK","messageId":"{id}"}}"#),
+        apply: Some((key.into(), Value::String(value.into()))),
+        recipients: recipients.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn instance_id_is_generated_once_and_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let id = s.instance_id().to_owned();
+    assert!(id.starts_with("con-"), "{id}");
+    s.close().await;
+    let s = open(dir.path());
+    assert_eq!(s.instance_id(), id);
+    s.close().await;
+    let s = Storage::open(dir.path(), Some("con-given"), StorageOptions::default()).unwrap();
+    assert_eq!(s.instance_id(), "con-given");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn database_runs_in_wal_mode_with_full_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (mode, sync) = s
+        .read(|c| {
+            let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            Ok((mode, sync))
+        })
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    assert_eq!(sync, 2, "synchronous=FULL");
+    assert!(dir.path().join("slipstream.db").exists());
+}
+
+#[tokio::test]
+async fn a_db_file_path_is_used_as_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sub/node.db");
+    let s = Storage::open(&file, None, StorageOptions::default()).unwrap();
+    assert!(file.exists());
+    s.close().await;
+}
+
+#[tokio::test]
+async fn records_once_and_reports_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let r = s
+        .record(rec("m1", "k", "v", 10, "a", &["b", "c"]))
+        .await
+        .unwrap();
+    let Recorded::New {
+        changed,
+        deliveries,
+    } = r
+    else {
+        panic!("{r:?}")
+    };
+    assert!(changed);
+    assert_eq!(
+        deliveries
+            .iter()
+            .map(|(p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        vec!["b", "c"]
+    );
+    assert_eq!(
+        s.record(rec("m1", "k", "other", 99, "a", &["b"]))
+            .await
+            .unwrap(),
+        Recorded::Duplicate
+    );
+    let mut other_group = rec("m1", "k2", "v", 10, "a", &[]);
+    other_group.group = "g2".into();
+    assert!(matches!(
+        s.record(other_group).await.unwrap(),
+        Recorded::New { .. }
+    ));
+    assert_eq!(
+        s.get("k").await.unwrap().unwrap().value,
+        Value::String("v".into())
+    );
+    assert_eq!(s.message_count().await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn embedded_store_keeps_the_last_writer_by_hlc_then_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("m2", "k", "newer", 20, "a", &[]))
+        .await
+        .unwrap();
+    let r = s
+        .record(rec("m1", "k", "older", 10, "z", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Recorded::New {
+            changed: false,
+            deliveries: vec![]
+        }
+    );
+    assert_eq!(
+        s.get("k").await.unwrap().unwrap().value,
+        Value::String("newer".into())
+    );
+    s.record(rec("m3", "k", "tie-b", 20, "b", &[]))
+        .await
+        .unwrap();
+    let got = s.get("k").await.unwrap().unwrap();
+    assert_eq!(
+        (got.value, got.origin, got.hlc),
+        (Value::String("tie-b".into()), "b".into(), Hlc::new(20, 0))
+    );
+    let mut arr = rec("m4", "list", "", 30, "a", &[]);
+    arr.apply = Some(("list".into(), Value::Array(vec!["x".into(), "y".into()])));
+    s.record(arr).await.unwrap();
+    assert_eq!(
+        s.get("list").await.unwrap().unwrap().value,
+        Value::Array(vec!["x".into(), "y".into()])
+    );
+    assert!(s.get("missing").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn delivery_rows_move_through_their_states_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..5 {
+        s.record(rec(&format!("m{i}"), "k", "v", i, "a", &["b", "c"]))
+            .await
+            .unwrap();
+    }
+    let open_b = s.open_deliveries("b", 0, 100).await.unwrap();
+    assert_eq!(
+        open_b
+            .iter()
+            .map(|o| o.message_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["m0", "m1", "m2", "m3", "m4"]
+    );
+    assert!(open_b.windows(2).all(|w| w[0].seq < w[1].seq));
+    let seqs: Vec<i64> = open_b.iter().map(|o| o.seq).collect();
+    s.mark_sent(seqs.clone()).await.unwrap();
+    s.mark_acked(seqs[..3].to_vec(), None).await.unwrap();
+    let left = s.open_deliveries("b", 0, 100).await.unwrap();
+    assert_eq!(
+        left.iter()
+            .map(|o| o.message_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["m3", "m4"]
+    );
+    assert_eq!(
+        s.open_deliveries("b", seqs[3], 100).await.unwrap().len(),
+        1,
+        "after a cursor"
+    );
+    s.count_attempt(vec![seqs[3]]).await.unwrap();
+    s.mark_dead(vec![seqs[3]], "no ack after 3 sends".into())
+        .await
+        .unwrap();
+    let counts: std::collections::HashMap<_, _> =
+        s.peer_counts().await.unwrap().into_iter().collect();
+    assert_eq!(
+        counts["b"],
+        PeerCounts {
+            pending: 0,
+            sent: 1,
+            acked: 3,
+            dead: 1
+        }
+    );
+    assert_eq!(
+        counts["c"],
+        PeerCounts {
+            pending: 5,
+            sent: 0,
+            acked: 0,
+            dead: 0
+        }
+    );
+    let dead = s.dead_letters(0, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        (
+            dead[0].message_id.as_str(),
+            dead[0].attempts,
+            dead[0].peer.as_str()
+        ),
+        ("m3", 1, "b")
+    );
+    assert_eq!(
+        s.replay_dead(None).await.unwrap(),
+        vec![("b".to_string(), 1)]
+    );
+    assert!(s.dead_letters(0, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.open_deliveries("b", 0, 100).await.unwrap()[0].attempts,
+        0,
+        "replay resets attempts"
+    );
+    s.mark_dead(vec![seqs[4]], "x".into()).await.unwrap();
+    assert_eq!(s.purge_dead().await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn meeting_a_configured_peer_moves_its_url_rows_to_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("m1", "k", "v", 1, "a", &["url:ws://b:7600"]))
+        .await
+        .unwrap();
+    s.peer_met(PeerRow {
+        id: "b".into(),
+        url: Some("ws://b:7600".into()),
+        tags: vec!["aws".into()],
+        last_seen: 0,
+    })
+    .await
+    .unwrap();
+    assert!(s
+        .open_deliveries("url:ws://b:7600", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.open_deliveries("b", 0, 10).await.unwrap().len(), 1);
+    let peers = s.known_peers().await.unwrap();
+    assert_eq!(peers[0].id, "b");
+    assert_eq!(peers[0].tags, vec!["aws"]);
+}
+
+#[tokio::test]
+async fn prune_keeps_what_is_still_owed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("done", "k", "v", 1, "a", &["b"]))
+        .await
+        .unwrap();
+    s.record(rec("owed", "k", "v", 2, "a", &["b"]))
+        .await
+        .unwrap();
+    let rows = s.open_deliveries("b", 0, 10).await.unwrap();
+    s.mark_acked(vec![rows[0].seq], None).await.unwrap();
+    let pruned = s.prune(now_ms() + 1000).await.unwrap();
+    assert_eq!(pruned, 1);
+    assert_eq!(s.message_count().await.unwrap(), 1);
+    assert_eq!(
+        s.open_deliveries("b", 0, 10).await.unwrap()[0].message_id,
+        "owed"
+    );
+    // The pruned message's dedup entry went with it: a copy now is new again.
+    assert!(matches!(
+        s.record(rec("done", "k", "v", 1, "a", &[])).await.unwrap(),
+        Recorded::New { .. }
+    ));
+}
+
+#[tokio::test]
+async fn many_queued_writes_share_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let mut waiting = Vec::new();
+    for i in 0..500 {
+        waiting.push(
+            s.submit(rec(&format!("m{i}"), &format!("k{i}"), "v", i, "a", &["b"]))
+                .await
+                .unwrap(),
+        );
+    }
+    for w in waiting {
+        assert!(matches!(w.await.unwrap().unwrap(), Recorded::New { .. }));
+    }
+    let commits = s.stats().commits.load(Ordering::Relaxed);
+    assert!(commits < 500, "500 writes took {commits} commits");
+    assert_eq!(s.message_count().await.unwrap(), 500);
+}
+
+#[tokio::test]
+async fn committed_writes_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.record(rec("m1", "k", "v", 1, "a", &["b"])).await.unwrap();
+        s.close().await;
+    }
+    let s = open(dir.path());
+    assert_eq!(s.get("k").await.unwrap().unwrap().message_id, "m1");
+    assert_eq!(s.open_deliveries("b", 0, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.record(rec("m1", "k", "v", 1, "a", &["b"])).await.unwrap(),
+        Recorded::Duplicate
+    );
+}

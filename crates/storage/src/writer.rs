@@ -1,0 +1,319 @@
+//! The single writer: group commit.
+//!
+//! It takes the first queued operation, then whatever else is already queued (up to
+//! `max_batch`), runs them all in one transaction, commits once (one fsync), and only then
+//! answers each caller. A failing operation is rolled back to its own savepoint and answered
+//! with its error; the others in the batch still commit.
+
+use rusqlite::{params, Connection, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::{now_ms, PeerRow, Record, Recorded, Result, StorageError, WriterStats};
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(crate) enum WriterOp {
+    Record(Box<Record>, Reply<Recorded>),
+    MarkSent(Vec<i64>, Reply<()>),
+    MarkAcked(Vec<i64>, Option<&'static str>, Reply<()>),
+    CountAttempt(Vec<i64>, Reply<()>),
+    MarkDead(Vec<i64>, String, Reply<()>),
+    ReplayDead(Option<Vec<i64>>, Reply<Vec<(String, u64)>>),
+    PurgeDead(Reply<u64>),
+    PeerMet(PeerRow, Reply<()>),
+    Prune(u64, Reply<u64>),
+    Stop(Reply<()>),
+}
+
+/// An answer held back until the commit: it gets the commit's error if the commit fails.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
+    Box::new(move |commit_error: Option<&str>| {
+        let result = match commit_error {
+            Some(e) => Err(StorageError::Corrupt(format!("commit failed: {e}"))),
+            None => result,
+        };
+        let _ = reply.send(result);
+    })
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    rx: mpsc::Receiver<WriterOp>,
+    max_batch: usize,
+    stats: Arc<WriterStats>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        rx: mpsc::Receiver<WriterOp>,
+        max_batch: usize,
+        stats: Arc<WriterStats>,
+    ) -> Self {
+        Writer {
+            conn,
+            rx,
+            max_batch,
+            stats,
+        }
+    }
+
+    pub(crate) fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            let stop = self.commit_batch(&mut batch);
+            if stop {
+                break;
+            }
+        }
+    }
+
+    /// Runs one batch in one transaction. Returns whether a `Stop` was in it.
+    fn commit_batch(&mut self, batch: &mut Vec<WriterOp>) -> bool {
+        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
+        let mut stop = false;
+        let outcome = (|| -> Result<()> {
+            let mut tx = self.conn.transaction()?;
+            for op in batch.drain(..) {
+                if let WriterOp::Stop(_) = op {
+                    stop = true;
+                }
+                answers.push(run_op(&mut tx, op));
+            }
+            tx.commit()?;
+            self.stats.commits.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .ops
+                .fetch_add(answers.len() as u64, Ordering::Relaxed);
+            Ok(())
+        })();
+        // Ops not reached because the transaction could not even begin get the error too.
+        let commit_error = outcome.err().map(|e| e.to_string());
+        if let Some(e) = &commit_error {
+            tracing::error!(error = %e, "storage commit failed");
+            for op in batch.drain(..) {
+                answers.push(run_failed(op));
+            }
+        }
+        for a in answers {
+            a(commit_error.as_deref());
+        }
+        stop
+    }
+}
+
+/// Answers an op that never ran (its transaction could not begin).
+fn run_failed(op: WriterOp) -> Answer {
+    match op {
+        WriterOp::Record(_, r) => answer(r, Err(StorageError::Closed)),
+        WriterOp::MarkSent(_, r)
+        | WriterOp::MarkAcked(_, _, r)
+        | WriterOp::CountAttempt(_, r)
+        | WriterOp::MarkDead(_, _, r)
+        | WriterOp::PeerMet(_, r)
+        | WriterOp::Stop(r) => answer(r, Err(StorageError::Closed)),
+        WriterOp::ReplayDead(_, r) => answer(r, Err(StorageError::Closed)),
+        WriterOp::PurgeDead(r) | WriterOp::Prune(_, r) => answer(r, Err(StorageError::Closed)),
+    }
+}
+
+/// Runs one op under its own savepoint.
+fn run_op(tx: &mut Transaction<'_>, op: WriterOp) -> Answer {
+    fn guarded<T>(tx: &mut Transaction<'_>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let sp = tx.savepoint()?;
+        let out = f(&sp)?;
+        sp.commit()?;
+        Ok(out)
+    }
+    let now = now_ms() as i64;
+    match op {
+        WriterOp::Record(rec, reply) => answer(reply, guarded(tx, |c| record(c, &rec, now))),
+        WriterOp::MarkSent(seqs, reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                update_each(c, &seqs, "UPDATE deliveries SET state = 'sent', updated_at = ?2 WHERE seq = ?1 AND state = 'pending'", now)
+            }),
+        ),
+        WriterOp::MarkAcked(seqs, note, reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                let mut st = c.prepare_cached(
+                    "UPDATE deliveries SET state = 'acked', updated_at = ?2, note = ?3 WHERE seq = ?1 AND state IN ('pending', 'sent')",
+                )?;
+                for s in &seqs {
+                    st.execute(params![s, now, note])?;
+                }
+                Ok(())
+            }),
+        ),
+        WriterOp::CountAttempt(seqs, reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                update_each(c, &seqs, "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?2 WHERE seq = ?1 AND state IN ('pending', 'sent')", now)
+            }),
+        ),
+        WriterOp::MarkDead(seqs, note, reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                let mut st = c.prepare_cached(
+                    "UPDATE deliveries SET state = 'dead', updated_at = ?2, note = ?3 WHERE seq = ?1 AND state IN ('pending', 'sent')",
+                )?;
+                for s in &seqs {
+                    st.execute(params![s, now, note])?;
+                }
+                Ok(())
+            }),
+        ),
+        WriterOp::ReplayDead(seqs, reply) => {
+            answer(reply, guarded(tx, |c| replay_dead(c, seqs.as_deref(), now)))
+        }
+        WriterOp::PurgeDead(reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                Ok(c.execute("DELETE FROM deliveries WHERE state = 'dead'", [])? as u64)
+            }),
+        ),
+        WriterOp::PeerMet(peer, reply) => answer(reply, guarded(tx, |c| peer_met(c, &peer, now))),
+        WriterOp::Prune(before, reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                c.execute(
+                    "DELETE FROM deliveries WHERE state = 'acked' AND updated_at < ?1",
+                    params![before as i64],
+                )?;
+                Ok(c.execute(
+                    "DELETE FROM messages WHERE received_at < ?1
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)",
+                    params![before as i64],
+                )? as u64)
+            }),
+        ),
+        WriterOp::Stop(reply) => answer(reply, Ok(())),
+    }
+}
+
+fn update_each(c: &Connection, seqs: &[i64], sql: &str, now: i64) -> Result<()> {
+    let mut st = c.prepare_cached(sql)?;
+    for s in seqs {
+        st.execute(params![s, now])?;
+    }
+    Ok(())
+}
+
+fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
+    let path = serde_json::to_string(&rec.path).expect("strings serialize");
+    let inserted = c
+        .prepare_cached(
+            "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT (message_id, cluster_group) DO NOTHING",
+        )?
+        .execute(params![
+            rec.message_id,
+            rec.group,
+            rec.msg_type,
+            rec.origin,
+            rec.hlc.to_string(),
+            path,
+            rec.body,
+            now
+        ])?;
+    if inserted == 0 {
+        return Ok(Recorded::Duplicate);
+    }
+    let msg = c.last_insert_rowid();
+    let mut changed = false;
+    if let Some((key, value)) = &rec.apply {
+        changed = c
+            .prepare_cached(
+                "INSERT INTO kv (key, kind, value, hlc, origin, message_id, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, value = excluded.value,
+                     hlc = excluded.hlc, origin = excluded.origin,
+                     message_id = excluded.message_id, updated_at = excluded.updated_at
+                 WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)",
+            )?
+            .execute(params![
+                key,
+                value.kind().as_str(),
+                value.to_json().to_string(),
+                rec.hlc.to_string(),
+                rec.origin,
+                rec.message_id,
+                now
+            ])?
+            > 0;
+    }
+    let mut deliveries = Vec::with_capacity(rec.recipients.len());
+    let mut st = c.prepare_cached(
+        "INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (?1, ?2, 'pending', 0, ?3)",
+    )?;
+    for peer in &rec.recipients {
+        st.execute(params![msg, peer, now])?;
+        deliveries.push((peer.clone(), c.last_insert_rowid()));
+    }
+    Ok(Recorded::New {
+        changed,
+        deliveries,
+    })
+}
+
+fn replay_dead(c: &Connection, seqs: Option<&[i64]>, now: i64) -> Result<Vec<(String, u64)>> {
+    let mut peers: Vec<(String, u64)> = Vec::new();
+    let mut count = |peer: String| match peers.iter_mut().find(|(p, _)| *p == peer) {
+        Some((_, n)) => *n += 1,
+        None => peers.push((peer, 1)),
+    };
+    let mut st = c.prepare_cached(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, note = NULL, updated_at = ?2
+         WHERE seq = ?1 AND state = 'dead' RETURNING peer",
+    )?;
+    let all: Vec<i64>;
+    let seqs = match seqs {
+        Some(s) => s,
+        None => {
+            all = c
+                .prepare("SELECT seq FROM deliveries WHERE state = 'dead' ORDER BY seq")?
+                .query_map([], |r| r.get(0))?
+                .collect::<std::result::Result<_, _>>()?;
+            &all
+        }
+    };
+    for s in seqs {
+        let mut rows = st.query(params![s, now])?;
+        while let Some(row) = rows.next()? {
+            count(row.get(0)?);
+        }
+    }
+    Ok(peers)
+}
+
+fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<()> {
+    let tags = serde_json::to_string(&peer.tags).expect("strings serialize");
+    c.execute(
+        "INSERT INTO peers (id, url, tags, last_seen) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET url = coalesce(excluded.url, peers.url),
+             tags = excluded.tags, last_seen = excluded.last_seen",
+        params![peer.id, peer.url, tags, now],
+    )?;
+    if let Some(url) = &peer.url {
+        // Rows queued for the configured URL before its id was known now belong to the id.
+        c.execute(
+            "UPDATE deliveries SET peer = ?1 WHERE peer = ?2",
+            params![peer.id, format!("url:{url}")],
+        )?;
+    }
+    Ok(())
+}
