@@ -1,0 +1,398 @@
+//! The task that owns one WebSocket connection, inbound or outbound, peer or local app.
+//!
+//! It is generic over any `Sink + Stream` of WebSocket messages, so the same code serves both
+//! directions. Others reach the socket only through its `mpsc` of frames (the delivery task of
+//! the peer it belongs to). The `select!` below only turns inputs into [`Event`]s; the methods
+//! of [`Conn`] do the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use slipstream_protocol::{decode_frame, Body, Hello, Message, Role, PROTOCOL_VERSION};
+use slipstream_router::Sender;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+
+use crate::delivery::ConnHandle;
+use crate::node::{Committed, Node, Outcome};
+use crate::peers::{ConnInfo, Direction};
+use crate::telemetry;
+
+/// Most writes from one connection waiting for their commit; past it, reading pauses.
+const MAX_PENDING_COMMITS: usize = 8192;
+/// How long an outbound connection waits for the peer's HELLO before treating it as an older
+/// implementation that sends none.
+const HELLO_WAIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for this connection's in-flight commits before closing.
+const DRAIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a connection came from.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    pub direction: Direction,
+    pub remote: String,
+    /// The configured peer URL of an outbound connection.
+    pub url: Option<String>,
+}
+
+enum Who {
+    /// No HELLO yet and nothing that tells.
+    Unknown,
+    Client,
+    Peer(String),
+}
+
+enum Event {
+    Shutdown,
+    Frame(Option<Result<WsMessage, WsError>>),
+    Out(String),
+    Committed(Committed),
+    Push(Result<Arc<str>, broadcast::error::RecvError>),
+    Tick,
+    HelloTimeout,
+}
+
+/// Why the loop ends.
+enum End {
+    Closed,
+    Close(CloseCode, String),
+}
+
+struct Conn {
+    node: Arc<Node>,
+    ctx: ConnCtx,
+    id: u64,
+    who: Who,
+    tx: mpsc::Sender<String>,
+    last_rx: Instant,
+    commits: FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>>,
+    pushes: Option<broadcast::Receiver<Arc<str>>>,
+    /// Frames to write once the current event is handled.
+    out: Vec<WsMessage>,
+    acks: Vec<String>,
+}
+
+/// Serves one connection until it closes or the node shuts down. `connected_at` is the TCP
+/// connect: the dead-connection timer runs from there, not from the HELLO.
+pub async fn serve<W>(node: Arc<Node>, ws: W, ctx: ConnCtx, connected_at: Instant)
+where
+    W: Stream<Item = Result<WsMessage, WsError>>
+        + Sink<WsMessage, Error = WsError>
+        + Send
+        + Unpin
+        + 'static,
+{
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::channel::<String>(64);
+    let mut conn = Conn {
+        id: node.next_conn_id(),
+        node: node.clone(),
+        ctx,
+        who: Who::Unknown,
+        tx,
+        last_rx: connected_at,
+        commits: FuturesOrdered::new(),
+        pushes: None,
+        out: Vec::new(),
+        acks: Vec::new(),
+    };
+    node.metrics.active_connections.inc();
+    tracing::debug!(instance_id = %node.id, conn = conn.id, remote = %conn.ctx.remote, direction = ?conn.ctx.direction, "connection open");
+    let hello = Message::hello(Hello {
+        instance_id: node.id.clone(),
+        tags: node.cfg.tags.clone(),
+        cluster_group_id: Some(node.cfg.cluster_group_id.clone()),
+        role: Role::Peer,
+        protocol_version: PROTOCOL_VERSION,
+    });
+    let heartbeat = node.cfg.heartbeat;
+    let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    let hello_deadline = connected_at + HELLO_WAIT;
+    let end = if sink
+        .send(WsMessage::Text(hello.encode().into()))
+        .await
+        .is_err()
+    {
+        End::Closed
+    } else {
+        loop {
+            let waiting_hello =
+                matches!(conn.who, Who::Unknown) && conn.ctx.direction == Direction::Outbound;
+            let event = tokio::select! {
+                biased;
+                _ = node.shutdown.cancelled() => Event::Shutdown,
+                Some(done) = conn.commits.next(), if !conn.commits.is_empty() => Event::Committed(done),
+                Some(frame) = rx.recv() => Event::Out(frame),
+                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS => Event::Frame(frame),
+                push = next_push(&mut conn.pushes) => Event::Push(push),
+                _ = ticker.tick() => Event::Tick,
+                _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
+            };
+            let step = match event {
+                Event::Shutdown => {
+                    conn.drain_commits().await;
+                    Err(End::Close(CloseCode::Away, "node shutting down".into()))
+                }
+                Event::Frame(None) | Event::Frame(Some(Err(_))) => Err(End::Closed),
+                Event::Frame(Some(Ok(frame))) => conn.on_frame(frame).await,
+                Event::Out(frame) => {
+                    conn.out.push(WsMessage::Text(frame.into()));
+                    Ok(())
+                }
+                Event::Committed(done) => {
+                    conn.on_committed(done);
+                    Ok(())
+                }
+                Event::Push(push) => conn.on_push(push),
+                Event::Tick => conn.on_tick(),
+                Event::HelloTimeout => {
+                    // An older peer that sends no HELLO: deliver to it under its configured URL.
+                    if let Some(url) = conn.ctx.url.clone() {
+                        let key = node.key_for_url(&url);
+                        conn.attach(key).await;
+                    }
+                    Ok(())
+                }
+            };
+            conn.flush_acks();
+            let mut failed = false;
+            for frame in conn.out.drain(..) {
+                if sink.feed(frame).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || sink.flush().await.is_err() {
+                break End::Closed;
+            }
+            if let Err(end) = step {
+                if let End::Close(..) = end {
+                    conn.flush_acks();
+                    for frame in conn.out.drain(..) {
+                        let _ = sink.feed(frame).await;
+                    }
+                }
+                break end;
+            }
+        }
+    };
+    if let End::Close(code, reason) = end {
+        tracing::debug!(instance_id = %node.id, conn = conn.id, reason = %reason, "closing connection");
+        let _ = sink
+            .send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+        let _ = sink.close().await;
+    }
+    if let Who::Peer(key) = &conn.who {
+        node.peers.detach(key, conn.id).await;
+    }
+    node.metrics.active_connections.dec();
+    tracing::debug!(instance_id = %node.id, conn = conn.id, "connection closed");
+}
+
+async fn next_push(
+    rx: &mut Option<broadcast::Receiver<Arc<str>>>,
+) -> Result<Arc<str>, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Conn {
+    fn sender(&self) -> Sender {
+        match &self.who {
+            Who::Peer(id) => Sender::Peer(id.clone()),
+            _ => Sender::Client,
+        }
+    }
+
+    fn text(&mut self, frame: String) {
+        self.out.push(WsMessage::Text(frame.into()));
+    }
+
+    fn nack(&mut self, message_id: Option<String>, error: String) {
+        self.text(Message::nack(&self.node.id, message_id, error).encode());
+    }
+
+    async fn on_frame(&mut self, frame: WsMessage) -> Result<(), End> {
+        self.last_rx = Instant::now();
+        let text = match frame {
+            WsMessage::Text(t) => t,
+            WsMessage::Binary(_) => {
+                telemetry::invalid(&self.node, &self.sender(), "binary frame");
+                self.nack(None, slipstream_protocol::FrameError::Binary.to_string());
+                return Ok(());
+            }
+            WsMessage::Close(_) => return Err(End::Closed),
+            // Pongs only refresh `last_rx`; pings are answered by the WebSocket layer.
+            _ => return Ok(()),
+        };
+        let items = match decode_frame(text.as_str(), &self.node.cfg.limits) {
+            Ok(items) => items,
+            Err(e) => {
+                telemetry::invalid(&self.node, &self.sender(), &e.to_string());
+                self.nack(None, e.to_string());
+                return Ok(());
+            }
+        };
+        for item in items {
+            match item {
+                Ok(msg) => self.on_message(msg).await?,
+                Err(invalid) => {
+                    telemetry::invalid(&self.node, &self.sender(), &invalid.reason);
+                    self.nack(invalid.message_id, invalid.reason);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Result<(), End> {
+        if let Body::Hello(hello) = &msg.body {
+            return self.on_hello(hello.clone()).await;
+        }
+        if let Who::Unknown = self.who {
+            // No HELLO: a message naming its sender comes from an older peer; anything else
+            // from a local app.
+            match msg.env.source_instance_id.clone() {
+                Some(src) if src != self.node.id => self.become_peer(&src, Vec::new()).await?,
+                _ => self.become_client(),
+            }
+        }
+        match msg.body {
+            Body::Ack { message_ids } => {
+                if let Who::Peer(key) = &self.who {
+                    self.node.peers.acked(key, message_ids).await;
+                }
+            }
+            Body::Nack { error } => {
+                tracing::error!(instance_id = %self.node.id, conn = self.id, message_id = ?msg.env.message_id, error = %error, "peer rejected a message");
+            }
+            Body::Res(_) => {
+                tracing::debug!(instance_id = %self.node.id, conn = self.id, "RES ignored: remote reads are not routed yet");
+            }
+            Body::Hello(_) => unreachable!("handled above"),
+            Body::Set { .. } | Body::Get { .. } | Body::Command { .. } => {
+                match self.node.ingest(&self.sender(), msg).await {
+                    Outcome::Ack(id) => self.acks.push(id),
+                    Outcome::Nack { message_id, error } => self.nack(message_id, error),
+                    Outcome::Reply(m) => self.text(m.encode()),
+                    Outcome::Commit(fut) => self.commits.push_back(fut),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_hello(&mut self, hello: Hello) -> Result<(), End> {
+        if !matches!(self.who, Who::Unknown) {
+            return Ok(());
+        }
+        match hello.role {
+            Role::Client => {
+                self.become_client();
+                Ok(())
+            }
+            Role::Peer => self.become_peer(&hello.instance_id, hello.tags).await,
+        }
+    }
+
+    async fn become_peer(&mut self, id: &str, tags: Vec<String>) -> Result<(), End> {
+        if id == self.node.id {
+            tracing::error!(instance_id = %self.node.id, remote = %self.ctx.remote, "connected to itself; closing (check URL_CONFIG)");
+            return Err(End::Close(CloseCode::Policy, "connected to itself".into()));
+        }
+        let key = self.node.peer_met(id, tags, self.ctx.url.as_deref()).await;
+        self.attach(key).await;
+        Ok(())
+    }
+
+    async fn attach(&mut self, key: String) {
+        let handle = ConnHandle {
+            id: self.id,
+            tx: self.tx.clone(),
+        };
+        let info = ConnInfo {
+            id: self.id,
+            direction: self.ctx.direction,
+            remote: self.ctx.remote.clone(),
+        };
+        self.node.peers.attach(&self.node, &key, handle, info).await;
+        tracing::info!(instance_id = %self.node.id, peer = %key, remote = %self.ctx.remote, direction = ?self.ctx.direction, "peer connected");
+        self.who = Who::Peer(key);
+    }
+
+    fn become_client(&mut self) {
+        self.who = Who::Client;
+        self.pushes = Some(self.node.clients.subscribe());
+    }
+
+    fn on_committed(&mut self, done: Committed) {
+        let mut next = Some(done);
+        // Take every commit that is already done, to answer them in one ACK frame.
+        while let Some(done) = next.take() {
+            match done {
+                Committed::Ack { message_id, .. } => self.acks.push(message_id),
+                Committed::Failed { message_id, error } => self.nack(Some(message_id), error),
+            }
+            next = self.commits.next().now_or_never().flatten();
+        }
+    }
+
+    fn flush_acks(&mut self) {
+        if !self.acks.is_empty() {
+            let ids = std::mem::take(&mut self.acks);
+            self.text(Message::ack(&self.node.id, ids).encode());
+        }
+    }
+
+    fn on_push(&mut self, push: Result<Arc<str>, broadcast::error::RecvError>) -> Result<(), End> {
+        match push {
+            Ok(body) => {
+                self.text(body.to_string());
+                Ok(())
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::error!(instance_id = %self.node.id, conn = self.id, skipped = n, "local app too slow for pushed writes; closing so it reconnects and re-reads");
+                Err(End::Close(
+                    CloseCode::Again,
+                    format!("too slow: {n} pushed writes skipped; reconnect and re-read"),
+                ))
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                self.pushes = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<(), End> {
+        let limit = self.node.cfg.heartbeat * 3;
+        if self.last_rx.elapsed() > limit {
+            tracing::info!(instance_id = %self.node.id, conn = self.id, remote = %self.ctx.remote, "no frame for three heartbeats; closing");
+            return Err(End::Close(CloseCode::Away, "heartbeat timeout".into()));
+        }
+        self.out.push(WsMessage::Ping(Vec::new().into()));
+        Ok(())
+    }
+
+    /// On shutdown: let in-flight commits finish so their ACKs go out.
+    async fn drain_commits(&mut self) {
+        let deadline = Instant::now() + DRAIN_WAIT;
+        while !self.commits.is_empty() {
+            match tokio::time::timeout_at(deadline, self.commits.next()).await {
+                Ok(Some(done)) => self.on_committed(done),
+                _ => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The network layer (SPEC §7): accepting and dialling WebSocket connections, and the task
+//! that owns each connection.
+
+pub mod backoff;
+pub mod connection;
+pub mod dialer;
+pub mod listener;
+
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::Config;
+
+/// WebSocket limits. The transport accepts frames somewhat larger than the protocol limit so
+/// that an oversized frame is answered with a NACK naming the limit instead of a dropped
+/// connection; only frames past this outer bound close the connection (code 1009).
+pub fn ws_config(cfg: &Config) -> WebSocketConfig {
+    let outer = (cfg.limits.max_frame_bytes * 4).max(8 * 1024 * 1024);
+    WebSocketConfig::default()
+        .max_message_size(Some(outer))
+        .max_frame_size(Some(outer))
+}
+
+/// Compares a presented bearer token with the accepted ones in constant time per candidate.
+pub fn token_matches(presented: &str, accepted: &str) -> bool {
+    accepted
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .fold(false, |ok, t| {
+            let same_len = t.len() == presented.len();
+            let diff = t
+                .bytes()
+                .zip(presented.bytes())
+                .fold(0u8, |d, (a, b)| d | (a ^ b));
+            ok | (same_len & (diff == 0))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_exactly_and_any_of_a_list() {
+        assert!(token_matches("abc", "abc"));
+        assert!(token_matches("new", "old, new"));
+        assert!(!token_matches("ab", "abc"));
+        assert!(!token_matches("abd", "abc"));
+        assert!(!token_matches("", "abc"));
+        assert!(!token_matches("", " , "));
+    }
+}

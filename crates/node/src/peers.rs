@@ -1,0 +1,143 @@
+//! The registry of logical peers: one entry per remote instance id (or `url:…` key for a
+//! configured peer not met yet), each with its delivery task and its live connections.
+//!
+//! A pair of nodes configured in both directions holds two connections; both stay up (either
+//! can fail on its own), but the peer's one delivery task sends each row over one of them, so
+//! the peer never gets a message twice.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+
+use crate::delivery::{ConnHandle, DeliveryCmd, DeliveryHandle, DeliveryTask};
+use crate::node::Node;
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnInfo {
+    pub id: u64,
+    pub direction: Direction,
+    pub remote: String,
+}
+
+struct Entry {
+    delivery: DeliveryHandle,
+    connections: Vec<ConnInfo>,
+    last_seen: Option<SystemTime>,
+}
+
+#[derive(Default)]
+pub struct Peers {
+    map: Mutex<BTreeMap<String, Entry>>,
+}
+
+/// A peer as `/status` shows it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerView {
+    pub key: String,
+    pub connected: bool,
+    pub connections: Vec<ConnInfo>,
+    pub last_seen_unix_ms: Option<u64>,
+}
+
+impl Peers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches a connection to a peer, starting the peer's delivery task on first use.
+    pub async fn attach(&self, node: &Arc<Node>, key: &str, conn: ConnHandle, info: ConnInfo) {
+        let tx = {
+            let mut map = self.lock();
+            let entry = map.entry(key.to_owned()).or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(1024);
+                let new_rows = Arc::new(Notify::new());
+                let task = DeliveryTask::new(node.clone(), key.to_owned(), rx, new_rows.clone());
+                node.tracker.spawn(task.run());
+                Entry {
+                    delivery: DeliveryHandle { tx, new_rows },
+                    connections: Vec::new(),
+                    last_seen: None,
+                }
+            });
+            entry.connections.push(info);
+            entry.last_seen = Some(SystemTime::now());
+            entry.delivery.tx.clone()
+        };
+        // The delivery task drains its queue continuously, so this wait is short.
+        let _ = tx.send(DeliveryCmd::Attach(conn)).await;
+    }
+
+    pub async fn detach(&self, key: &str, conn_id: u64) {
+        let tx = {
+            let mut map = self.lock();
+            let Some(entry) = map.get_mut(key) else {
+                return;
+            };
+            entry.connections.retain(|c| c.id != conn_id);
+            entry.last_seen = Some(SystemTime::now());
+            entry.delivery.tx.clone()
+        };
+        let _ = tx.send(DeliveryCmd::Detach(conn_id)).await;
+    }
+
+    pub async fn acked(&self, key: &str, ids: Vec<String>) {
+        let tx = {
+            let mut map = self.lock();
+            let Some(entry) = map.get_mut(key) else {
+                return;
+            };
+            entry.last_seen = Some(SystemTime::now());
+            entry.delivery.tx.clone()
+        };
+        let _ = tx.send(DeliveryCmd::Acked(ids)).await;
+    }
+
+    /// Tells a peer's delivery task that new rows are waiting. A peer without a task (never
+    /// connected since start) reads its rows when it connects.
+    pub fn notify(&self, key: &str) {
+        if let Some(entry) = self.lock().get(key) {
+            entry.delivery.new_rows.notify_one();
+        }
+    }
+
+    /// After a dead-letter replay: the peer reads its outbox from the start again.
+    pub fn rewind(&self, key: &str) {
+        if let Some(entry) = self.lock().get(key) {
+            let _ = entry.delivery.tx.try_send(DeliveryCmd::Rewind);
+        }
+    }
+
+    pub fn is_connected(&self, key: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|e| !e.connections.is_empty())
+    }
+
+    pub fn views(&self) -> Vec<PeerView> {
+        self.lock()
+            .iter()
+            .map(|(key, e)| PeerView {
+                key: key.clone(),
+                connected: !e.connections.is_empty(),
+                connections: e.connections.clone(),
+                last_seen_unix_ms: e
+                    .last_seen
+                    .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,143 @@
+//! Starting and stopping a node.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use slipstream_storage::{now_ms, Storage, StorageError, StorageOptions};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::node::Node;
+use crate::{http, net, telemetry};
+
+/// How long shutdown waits for tasks before giving up on them.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("SLIPSTREAM_STORAGE_PATH: cannot open the database: {0}")]
+    Storage(#[from] StorageError),
+    #[error("SLIPSTREAM_LISTEN: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("METRICS_PORT: cannot listen on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started node.
+pub struct RunningNode {
+    pub node: Arc<Node>,
+    pub ws_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+}
+
+/// Opens the database, binds both listeners, dials the configured peers, and returns once
+/// the node serves.
+pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
+    let storage = Storage::open(
+        &cfg.storage_path,
+        cfg.instance_id.as_deref(),
+        StorageOptions::default(),
+    )?;
+    let ws = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let http_listener =
+        TcpListener::bind(cfg.http_addr)
+            .await
+            .map_err(|source| StartError::Http {
+                addr: cfg.http_addr,
+                source,
+            })?;
+    let ws_addr = ws.local_addr().map_err(|source| StartError::Listen {
+        addr: cfg.listen,
+        source,
+    })?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|source| StartError::Http {
+            addr: cfg.http_addr,
+            source,
+        })?;
+    let node = Node::new(cfg, storage).await?;
+    node.tracker
+        .spawn(net::listener::accept_loop(node.clone(), ws));
+    node.tracker.spawn(http::serve(node.clone(), http_listener));
+    for peer in node.cfg.peers.clone() {
+        node.tracker
+            .spawn(net::dialer::dial_loop(node.clone(), peer));
+    }
+    node.tracker.spawn(prune_loop(node.clone()));
+    node.ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        instance_id = %node.id,
+        ws_addr = %ws_addr,
+        http_addr = %http_addr,
+        peers = node.cfg.peers.len(),
+        storage = %node.storage.path().display(),
+        "listening"
+    );
+    Ok(RunningNode {
+        node,
+        ws_addr,
+        http_addr,
+    })
+}
+
+impl RunningNode {
+    /// Two-phase shutdown: cancel (stop accepting, let connections finish their in-flight
+    /// commits and send close frames), wait for every task, then let the storage writer commit
+    /// what is queued and stop.
+    pub async fn shutdown(self) {
+        let node = self.node;
+        node.ready.store(false, Ordering::SeqCst);
+        node.shutdown.cancel();
+        node.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, node.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(instance_id = %node.id, "some tasks did not stop in time");
+        }
+        node.storage.close().await;
+        tracing::info!(instance_id = %node.id, "stopped");
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let running = start(cfg).await?;
+    shutdown.await;
+    running.shutdown().await;
+    Ok(())
+}
+
+/// Prunes acknowledged messages past the retention period.
+async fn prune_loop(node: Arc<Node>) {
+    let every = (node.cfg.retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let before = now_ms().saturating_sub(node.cfg.retention.as_millis() as u64);
+        match node.storage.prune(before).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(instance_id = %node.id, pruned = n, "pruned delivered messages past retention")
+            }
+            Err(e) => telemetry::storage_failed(&node, "prune", &e),
+        }
+    }
+}
