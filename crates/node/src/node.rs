@@ -388,6 +388,7 @@ impl Node {
             })
             .collect();
         let dead: u64 = counts.values().map(|c| c.dead).sum();
+        let journal = self.storage.message_count().await.unwrap_or(0);
         let outbox: u64 = counts.values().map(|c| c.pending + c.sent).sum();
         serde_json::json!({
             "instanceId": self.id,
@@ -396,6 +397,7 @@ impl Node {
             "version": env!("CARGO_PKG_VERSION"),
             "uptimeSeconds": self.started.elapsed().as_secs(),
             "outboxDepth": outbox,
+            "journalMessages": journal,
             "deadLetters": dead,
             "peers": peers,
         })

@@ -1,1 +1,479 @@
+//! Test kit: real `slipstream` node processes on free ports in temp dirs, a small HTTP client,
+//! a WebSocket client that speaks as a local app or a peer, and a deadline-based wait.
+//!
+//! Nodes are separate processes so that fault tests can SIGKILL them and restart them on the
+//! same data folder. Every node is killed when its `TestNode` is dropped.
 
+use std::collections::HashSet;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// How a node is started.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOptions {
+    /// WebSocket URLs of peers to dial (`URL_CONFIG`).
+    pub peers: Vec<String>,
+    /// Extra environment variables, applied last.
+    pub env: Vec<(String, String)>,
+}
+
+impl NodeOptions {
+    pub fn dialing(peers: &[&TestNode]) -> Self {
+        NodeOptions {
+            peers: peers.iter().map(|n| n.ws_url()).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A running node process.
+pub struct TestNode {
+    bin: PathBuf,
+    dir: Arc<tempfile::TempDir>,
+    opts: NodeOptions,
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<String>>>,
+    pub ws_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub id: String,
+}
+
+impl TestNode {
+    /// Starts a node on free ports in a new temp dir. `bin` is the `slipstream` binary
+    /// (`env!("CARGO_BIN_EXE_slipstream")` in the binary's tests).
+    pub fn start(bin: impl Into<PathBuf>, opts: NodeOptions) -> Result<TestNode> {
+        let dir = Arc::new(
+            tempfile::Builder::new()
+                .prefix("slipstream-test-")
+                .tempdir()?,
+        );
+        let mut node = TestNode {
+            bin: bin.into(),
+            dir,
+            opts,
+            child: None,
+            logs: Arc::default(),
+            ws_addr: "127.0.0.1:0".parse()?,
+            http_addr: "127.0.0.1:0".parse()?,
+            id: String::new(),
+        };
+        node.spawn()?;
+        Ok(node)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let peers: Vec<Value> = self
+            .opts
+            .peers
+            .iter()
+            .map(|u| json!({ "url": u }))
+            .collect();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
+            .env("SLIPSTREAM_STORAGE_PATH", self.dir.path())
+            .env("SLIPSTREAM_LISTEN", self.ws_addr.to_string())
+            .env("METRICS_PORT", self.http_addr.port().to_string())
+            .env("SLIPSTREAM_METRICS_HOST", "127.0.0.1")
+            .env("SLIPSTREAM_RETRY_IN_N_SECONDS", "0.2")
+            .env("SLIPSTREAM_HEARTBEAT_SECONDS", "1")
+            .env("ENABLE_MESSAGE_LOGS", "false")
+            .env("URL_CONFIG", serde_json::to_string(&peers)?)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "listening" {
+                        let _ = tx.send(v);
+                    }
+                }
+                logs.lock().unwrap().push(line);
+            }
+        });
+        let logs = self.logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                logs.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        });
+        let listening = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+            let _ = child.kill();
+            anyhow!(
+                "node did not start; its output:\n{}",
+                self.logs.lock().unwrap().join("\n")
+            )
+        })?;
+        let field = |name: &str| -> Result<String> {
+            listening[name]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("listening line lacks {name}: {listening}"))
+        };
+        self.ws_addr = field("ws_addr")?.parse()?;
+        self.http_addr = field("http_addr")?.parse()?;
+        self.id = field("instance_id")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.ws_addr)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Kills the process with SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub fn terminate(&mut self) -> Result<Option<i32>> {
+        let Some(mut c) = self.child.take() else {
+            bail!("not running")
+        };
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(c.wait()?.code())
+    }
+
+    /// Changes how the next `restart` starts the node.
+    pub fn set_options(&mut self, opts: NodeOptions) {
+        self.opts = opts;
+    }
+
+    /// Starts the node again on the same data folder and the same ports.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    /// Everything the node printed so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value)> {
+        http_request(self.http_addr, method, path, body).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Result<Value> {
+        let (status, v) = self.http("GET", path, None).await?;
+        if status != 200 {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// The stored value of a key, or `None` on 404.
+    pub async fn key(&self, key: &str) -> Result<Option<Value>> {
+        let (status, v) = self.http("GET", &format!("/v1/keys/{key}"), None).await?;
+        match status {
+            200 => Ok(Some(v)),
+            404 => Ok(None),
+            _ => bail!("GET key {key}: {status} {v}"),
+        }
+    }
+
+    pub async fn status(&self) -> Result<Value> {
+        self.get_json("/status").await
+    }
+
+    /// One sample of a Prometheus metric (name with labels exactly as printed), 0 if absent.
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        let (status, text) = http_raw(self.http_addr, "GET", "/metrics", None).await?;
+        if status != 200 {
+            bail!("GET /metrics: {status}");
+        }
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map(|v| v.trim().parse().unwrap_or(f64::NAN))
+            .unwrap_or(0.0))
+    }
+
+    /// Waits until this node reports `n` connected peers.
+    pub async fn wait_connected(&self, n: usize) {
+        eventually(
+            &format!("{} has {n} connected peers", self.id),
+            Duration::from_secs(30),
+            || async {
+                let s = self.status().await.map_err(|e| e.to_string())?;
+                let connected = s["peers"]
+                    .as_array()
+                    .map(|p| p.iter().filter(|p| p["connected"] == true).count())
+                    .unwrap_or(0);
+                if connected >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{connected} connected: {s}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Waits until this node's outbox is empty (every delivery acknowledged or dead).
+    pub async fn wait_drained(&self) {
+        eventually(
+            &format!("{} outbox drained", self.id),
+            Duration::from_secs(60),
+            || async {
+                let s = self.status().await.map_err(|e| e.to_string())?;
+                if s["outboxDepth"] == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("outbox: {}", s["outboxDepth"]))
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8(out)?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("bad HTTP response: {text}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line: {head}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// One HTTP/1.1 request with `Connection: close`; the body is parsed as JSON.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, Value)> {
+    let (status, text) = http_raw(addr, method, path, body).await?;
+    let v = serde_json::from_str(&text)
+        .with_context(|| format!("response to {method} {path} is not JSON: {text}"))?;
+    Ok((status, v))
+}
+
+/// Polls `check` until it returns `Ok`, or panics after `timeout` with its last error.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(()) => return,
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for: {what}\nlast state: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket client: a local app (`role: client`), a peer, or anything a test makes up.
+pub struct WsClient {
+    ws: Ws,
+    counter: u64,
+    /// Messages read while waiting for something else.
+    pub seen: Vec<Value>,
+}
+
+impl WsClient {
+    /// Connects and sends nothing.
+    pub async fn connect_raw(url: &str) -> Result<WsClient> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Ok(WsClient {
+            ws,
+            counter: 0,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Connects as a local app.
+    pub async fn app(url: &str) -> Result<WsClient> {
+        let mut c = Self::connect_raw(url).await?;
+        c.send(&json!({"type": "HELLO", "instanceId": "test-app", "role": "client", "protocolVersion": 1})).await?;
+        Ok(c)
+    }
+
+    /// Connects as a peer node with the given id.
+    pub async fn peer(url: &str, id: &str) -> Result<WsClient> {
+        let mut c = Self::connect_raw(url).await?;
+        c.send(&json!({"type": "HELLO", "instanceId": id, "role": "peer", "protocolVersion": 1, "tags": []})).await?;
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, v: &Value) -> Result<()> {
+        self.send_text(&v.to_string()).await
+    }
+
+    pub async fn send_text(&mut self, text: &str) -> Result<()> {
+        self.ws
+            .send(WsMessage::Text(text.to_owned().into()))
+            .await?;
+        Ok(())
+    }
+
+    /// The next message (frames holding arrays are split), within `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Result<Value> {
+        if !self.seen.is_empty() {
+            return Ok(self.seen.remove(0));
+        }
+        let next = async {
+            loop {
+                match self.ws.next().await {
+                    None => bail!("connection closed"),
+                    Some(Err(e)) => bail!("connection error: {e}"),
+                    Some(Ok(WsMessage::Text(t))) => {
+                        return Ok(serde_json::from_str::<Value>(t.as_str())?)
+                    }
+                    Some(Ok(WsMessage::Close(f))) => bail!("connection closed by the node: {f:?}"),
+                    Some(Ok(_)) => continue,
+                }
+            }
+        };
+        let v = tokio::time::timeout(timeout, next)
+            .await
+            .map_err(|_| anyhow!("nothing received within {timeout:?}"))??;
+        match v {
+            Value::Array(items) => {
+                let mut items = items.into_iter();
+                let first = items.next().ok_or_else(|| anyhow!("empty array frame"))?;
+                self.seen.extend(items);
+                Ok(first)
+            }
+            v => Ok(v),
+        }
+    }
+
+    /// Reads until `pick` matches; other messages are dropped.
+    pub async fn recv_until(
+        &mut self,
+        timeout: Duration,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.recv(left).await?;
+            if pick(&v) {
+                return Ok(v);
+            }
+        }
+    }
+
+    /// Publishes SK writes in one array frame and waits until every one is acknowledged.
+    pub async fn publish(&mut self, writes: &[(String, String)]) -> Result<()> {
+        let mut ids = HashSet::new();
+        let msgs: Vec<Value> = writes
+            .iter()
+            .map(|(k, v)| {
+                self.counter += 1;
+                let id = format!("w-{}-{}-{}", std::process::id(), self.counter, k);
+                ids.insert(id.clone());
+                json!({"type": "SK", "key": k, "value": v, "messageId": id})
+            })
+            .collect();
+        self.send(&Value::Array(msgs)).await?;
+        while !ids.is_empty() {
+            let v = self.recv(Duration::from_secs(30)).await?;
+            match v["type"].as_str() {
+                Some("ACK") => {
+                    for id in ack_ids(&v) {
+                        ids.remove(&id);
+                    }
+                }
+                Some("NACK") => bail!("write rejected: {v}"),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The ids an ACK acknowledges (`messageId` and `messageIds`).
+pub fn ack_ids(ack: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = ack["messageIds"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(id) = ack["messageId"].as_str() {
+        if !ids.iter().any(|i| i == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    ids
+}

@@ -1,0 +1,405 @@
+//! Integration tests: real node processes, real TCP on free ports, real SQLite files in temp
+//! dirs, SIGKILL for crashes.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use slipstream_testkit::{eventually, NodeOptions, TestNode, WsClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
+const LONG: Duration = Duration::from_secs(60);
+
+fn start(opts: NodeOptions) -> TestNode {
+    TestNode::start(BIN, opts).expect("node starts")
+}
+
+/// Three nodes, every pair linked once (each dials the ones started before it).
+async fn full_mesh(env: &[(&str, &str)]) -> (TestNode, TestNode, TestNode) {
+    let with_env = |mut o: NodeOptions| {
+        for (k, v) in env {
+            o = o.env(k, v);
+        }
+        o
+    };
+    let a = start(with_env(NodeOptions::default()));
+    let b = start(with_env(NodeOptions::dialing(&[&a])));
+    let c = start(with_env(NodeOptions::dialing(&[&a, &b])));
+    for n in [&a, &b, &c] {
+        n.wait_connected(2).await;
+    }
+    (a, b, c)
+}
+
+fn writes(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> {
+    range
+        .map(|i| (format!("{prefix}:{i}"), format!("value-{i}")))
+        .collect()
+}
+
+/// Waits until `node` holds every write with its value.
+async fn wait_has_all(node: &TestNode, all: &[(String, String)]) {
+    eventually(
+        &format!("{} holds all {} writes", node.id, all.len()),
+        LONG,
+        || async {
+            for (k, v) in all {
+                match node.key(k).await.map_err(|e| e.to_string())? {
+                    Some(got) if got["value"] == v.as_str() => {}
+                    other => return Err(format!("{k}: {other:?}")),
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_mesh_of_three_replicates_a_thousand_writes() {
+    let (a, b, c) = full_mesh(&[]).await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let all = writes("order", 0..1000);
+    for chunk in all.chunks(100) {
+        app.publish(chunk).await.unwrap();
+    }
+    wait_has_all(&b, &all).await;
+    wait_has_all(&c, &all).await;
+    for n in [&b, &c] {
+        assert_eq!(
+            n.metric(&format!(
+                "slipstream_messages_processed_total{{type=\"SK\",origin=\"{}\"}}",
+                a.id
+            ))
+            .await
+            .unwrap(),
+            1000.0
+        );
+    }
+    a.wait_drained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_forwards_over_two_hops() {
+    let a = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&a]));
+    let c = start(NodeOptions::dialing(&[&b]));
+    b.wait_connected(2).await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let all = writes("line", 0..50);
+    app.publish(&all).await.unwrap();
+    wait_has_all(&c, &all).await;
+    let got = c.key("line:7").await.unwrap().unwrap();
+    assert_eq!(got["originInstanceId"], a.id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_stream_catches_up_after_restart() {
+    let (a, _b, mut c) = full_mesh(&[]).await;
+    let all = writes("pay", 0..500);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    for (i, chunk) in all.chunks(10).enumerate() {
+        app.publish(chunk).await.unwrap();
+        if i == 10 {
+            c.kill();
+        }
+        if i == 30 {
+            c.restart().unwrap();
+        }
+    }
+    wait_has_all(&c, &all).await;
+    a.wait_drained().await;
+    // Each write is recorded exactly once in C's journal, whatever route and resend it came by.
+    eventually("c's journal holds each write once", LONG, || async {
+        let s = c.status().await.map_err(|e| e.to_string())?;
+        if s["journalMessages"] == 500 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let dlq = a.get_json("/dlq").await.unwrap();
+    assert_eq!(dlq["deadLetters"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_down_longer_than_the_republish_window_gets_everything_and_nothing_dies() {
+    let a = start(NodeOptions::default());
+    let mut b = start(NodeOptions::dialing(&[&a]));
+    a.wait_connected(1).await;
+    b.kill();
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let all = writes("offline", 0..200);
+    app.publish(&all).await.unwrap();
+    // MAX_MESSAGE_REPUBLISH_ATTEMPTS (3) × 0.2 s is 0.6 s; stay down well past it, and past
+    // the doubled waits too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = a.status().await.unwrap();
+    assert_eq!(
+        s["outboxDepth"], 200,
+        "rows wait while the peer is down: {s}"
+    );
+    b.restart().unwrap();
+    wait_has_all(&b, &all).await;
+    a.wait_drained().await;
+    assert_eq!(a.get_json("/dlq").await.unwrap()["deadLetters"], json!([]));
+    assert_eq!(
+        a.metric("slipstream_messages_dead_lettered_total")
+            .await
+            .unwrap(),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_peer_that_never_acks_gets_its_messages_dead_lettered() {
+    let a = start(NodeOptions::default());
+    let mut mute = WsClient::peer(&a.ws_url(), "con-mute").await.unwrap();
+    a.wait_connected(1).await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&writes("doomed", 0..5)).await.unwrap();
+    // Keep reading (so pings are answered and the connection stays up) but never ACK.
+    let mut copies = 0;
+    eventually("five dead letters on a", LONG, || {
+        let a = &a;
+        async move {
+            let dlq = a.get_json("/dlq").await.map_err(|e| e.to_string())?;
+            let n = dlq["deadLetters"].as_array().map(|d| d.len()).unwrap_or(0);
+            if n == 5 {
+                Ok(())
+            } else {
+                Err(dlq.to_string())
+            }
+        }
+    })
+    .await;
+    while let Ok(v) = mute.recv(Duration::from_millis(300)).await {
+        if v["type"] == "SK" {
+            copies += 1;
+        }
+    }
+    assert_eq!(
+        copies, 15,
+        "each of 5 messages sent MAX_MESSAGE_REPUBLISH_ATTEMPTS (3) times"
+    );
+    let dlq = a.get_json("/dlq").await.unwrap();
+    for d in dlq["deadLetters"].as_array().unwrap() {
+        assert_eq!(d["peer"], "con-mute");
+        assert_eq!(
+            d["attempts"], 2,
+            "two counted timeouts before the third, final one"
+        );
+        assert!(d["messageId"].as_str().unwrap().contains("doomed"));
+    }
+    assert_eq!(
+        a.metric("slipstream_messages_dead_lettered_total")
+            .await
+            .unwrap(),
+        5.0
+    );
+}
+
+async fn expect_nack(c: &mut WsClient, frame: &str, needle: &str) {
+    c.send_text(frame).await.unwrap();
+    let v = c
+        .recv_until(Duration::from_secs(10), |v| v["type"] == "NACK")
+        .await
+        .unwrap();
+    let err = v["error"].as_str().unwrap();
+    assert!(
+        err.contains(needle),
+        "NACK for {:.60}: {err:?} should mention {needle:?}",
+        frame
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_frames_get_nacks_and_the_connection_keeps_working() {
+    let a = start(NodeOptions::default());
+    let mut bystander = WsClient::app(&a.ws_url()).await.unwrap();
+    let mut c = WsClient::app(&a.ws_url()).await.unwrap();
+    expect_nack(&mut c, "{this is not json", "not valid JSON").await;
+    expect_nack(
+        &mut c,
+        r#"{"type":"SK","key":42,"value":"v"}"#,
+        "field `key` must be a string",
+    )
+    .await;
+    expect_nack(
+        &mut c,
+        r#"{"type":"SA","key":"k","value":"not-an-array"}"#,
+        "field `value` must be an array",
+    )
+    .await;
+    expect_nack(
+        &mut c,
+        r#"{"type":"ZZ","key":"k"}"#,
+        "field `type` has unknown value \"ZZ\"",
+    )
+    .await;
+    expect_nack(
+        &mut c,
+        r#"{"type":"SK","value":"v"}"#,
+        "field `key` is required",
+    )
+    .await;
+    let huge = format!(
+        r#"{{"type":"SK","key":"big","value":"{}"}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    expect_nack(&mut c, &huge, "exceeds the limit of 1048576 bytes").await;
+    // The same connection carries valid messages afterwards, and so does the other one.
+    c.publish(&[("after".into(), "ok".into())]).await.unwrap();
+    bystander
+        .publish(&[("bystander".into(), "ok".into())])
+        .await
+        .unwrap();
+    assert_eq!(a.key("after").await.unwrap().unwrap()["value"], "ok");
+    assert_eq!(a.key("big").await.unwrap(), None);
+    assert!(
+        a.metric("slipstream_messages_dropped_total{reason=\"invalid\"}")
+            .await
+            .unwrap()
+            >= 6.0
+    );
+    assert!(
+        a.logs().contains("invalid message"),
+        "an error line per invalid message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_key_converge_on_all_nodes() {
+    let (a, b, c) = full_mesh(&[]).await;
+    let mut at_a = WsClient::app(&a.ws_url()).await.unwrap();
+    let mut at_b = WsClient::app(&b.ws_url()).await.unwrap();
+    let ws_a: Vec<_> = (0..50)
+        .map(|i| ("contested".to_string(), format!("a-{i}")))
+        .collect();
+    let ws_b: Vec<_> = (0..50)
+        .map(|i| ("contested".to_string(), format!("b-{i}")))
+        .collect();
+    let (ra, rb) = tokio::join!(
+        async {
+            for w in &ws_a {
+                at_a.publish(std::slice::from_ref(w)).await?;
+            }
+            anyhow::Ok(())
+        },
+        async {
+            for w in &ws_b {
+                at_b.publish(std::slice::from_ref(w)).await?;
+            }
+            anyhow::Ok(())
+        }
+    );
+    ra.unwrap();
+    rb.unwrap();
+    for n in [&a, &b, &c] {
+        n.wait_drained().await;
+    }
+    eventually("all three hold the same version", LONG, || async {
+        let mut seen: Vec<Value> = Vec::new();
+        for n in [&a, &b, &c] {
+            let v = n
+                .key("contested")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("missing")?;
+            seen.push(json!([v["value"], v["hlc"], v["originInstanceId"]]));
+        }
+        if seen.windows(2).all(|w| w[0] == w[1]) {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_configured_both_ways_never_delivers_twice() {
+    let mut a = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&a]));
+    // Restart a, now dialling b as well: two connections between them.
+    a.set_options(NodeOptions::dialing(&[&b]));
+    a.restart().unwrap();
+    eventually("a holds two connections to b", LONG, || async {
+        let s = a.status().await.map_err(|e| e.to_string())?;
+        let conns = s["peers"][0]["connections"]
+            .as_array()
+            .map(|c| c.len())
+            .unwrap_or(0);
+        if conns == 2 {
+            Ok(())
+        } else {
+            Err(s.to_string())
+        }
+    })
+    .await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let all = writes("both", 0..100);
+    app.publish(&all).await.unwrap();
+    wait_has_all(&b, &all).await;
+    a.wait_drained().await;
+    let processed = b
+        .metric(&format!(
+            "slipstream_messages_processed_total{{type=\"SK\",origin=\"{}\"}}",
+            a.id
+        ))
+        .await
+        .unwrap();
+    assert_eq!(processed, 100.0);
+    assert_eq!(
+        b.metric("slipstream_messages_dropped_total{reason=\"duplicate\"}")
+            .await
+            .unwrap(),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_completes_its_handshake_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let a = start(NodeOptions::default());
+    let mut raw = tokio::net::TcpStream::connect(a.ws_addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    // Heartbeat is 1 s in the kit: the node closes after three, counted from the TCP connect.
+    let n = tokio::time::timeout(LONG, raw.read(&mut buf))
+        .await
+        .expect("node closes the silent socket")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without a response");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_peer_opens_its_circuit_and_the_node_keeps_serving() {
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let opts = NodeOptions {
+        peers: vec![format!("ws://{closed_port}")],
+        env: vec![],
+    }
+    .env("SLIPSTREAM_CONNECTION_RETRY_ATTEMPTS", "2")
+    .env("ENABLE_DEBUG_LOGS", "true");
+    let a = start(opts);
+    eventually("a critical circuit-open line", LONG, || async {
+        if a.logs()
+            .lines()
+            .any(|l| l.contains("circuit open") && l.contains("\"critical\":true"))
+        {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    let sample = format!("slipstream_circuit_open{{peer=\"ws://{closed_port}\"}}");
+    assert_eq!(a.metric(&sample).await.unwrap(), 1.0);
+    // Writes for the unreachable peer wait in the outbox; the node keeps serving.
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&writes("waiting", 0..3)).await.unwrap();
+    assert_eq!(a.status().await.unwrap()["outboxDepth"], 3);
+}
