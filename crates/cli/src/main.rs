@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one node. Every setting is an environment variable; each flag mirrors one.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a local mesh of N nodes on embedded defaults in a temporary folder, until Ctrl-C.
     Dev(dev::DevArgs),
     /// Publish one write to a node, as a local application would, and wait for its ACK.
@@ -155,7 +155,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => run(args).await,
+            Command::Run(args) => run(*args).await,
             Command::Dev(args) => dev::run(args).await,
             Command::Publish(args) => client::publish(args).await,
             Command::Get(args) => client::get(args).await,

@@ -208,7 +208,7 @@ impl DeliveryTask {
         let mut skipped = Vec::new();
         for row in rows {
             self.cursor = self.cursor.max(row.seq);
-            if row.path.iter().any(|p| *p == self.peer) {
+            if row.path.contains(&self.peer) {
                 // A configured peer whose id turned out to be on the path already has it.
                 skipped.push(row.seq);
                 continue;

@@ -33,7 +33,7 @@ pub enum Outcome {
         error: String,
     },
     /// Answer with this message (a `RES`).
-    Reply(Message),
+    Reply(Box<Message>),
     /// Wait for the commit, then acknowledge (or report the failure).
     Commit(Pin<Box<dyn Future<Output = Committed> + Send>>),
 }
@@ -183,7 +183,7 @@ impl Node {
     pub async fn ingest(self: &Arc<Self>, from: &Sender, msg: Message) -> Outcome {
         match &msg.body {
             Body::Set { .. } => {}
-            Body::Get { .. } => return Outcome::Reply(self.read_local(&msg).await),
+            Body::Get { .. } => return Outcome::Reply(Box::new(self.read_local(&msg).await)),
             Body::Command { command, .. } => {
                 let res = Response {
                     in_reply_to: msg.env.message_id.clone().unwrap_or_default(),
@@ -192,7 +192,7 @@ impl Node {
                     ..Response::default()
                 };
                 tracing::error!(instance_id = %self.id, command = %command, "command refused: not available yet");
-                return Outcome::Reply(self.reply(res));
+                return Outcome::Reply(Box::new(self.reply(res)));
             }
             _ => {
                 return Outcome::Nack {

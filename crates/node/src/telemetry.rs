@@ -67,13 +67,10 @@ impl Metrics {
             outbox_pending: Gauge::default(),
             reconnects: Family::default(),
             circuit_open: Family::default(),
-            replication_latency: Histogram::new(
-                [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0, 30.0, 60.0,
-                ]
-                .into_iter(),
-            ),
+            replication_latency: Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ]),
             commit_ops: Counter::default(),
             commits: Counter::default(),
             registry: Registry::default(),

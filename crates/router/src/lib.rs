@@ -52,7 +52,7 @@ impl DropReason {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Record it durably, then ACK it, apply it when `apply`, and deliver it to `recipients`.
-    Accept(Accepted),
+    Accept(Box<Accepted>),
     /// Acknowledge it (so the sender stops) and do nothing else.
     Drop {
         reason: DropReason,
@@ -224,14 +224,14 @@ impl Router {
         }
         msg.env.source_instance_id = Some(me);
         let recipients = self.recipients(from, &msg);
-        Decision::Accept(Accepted {
+        Decision::Accept(Box::new(Accepted {
             message_id: msg.env.message_id.clone().unwrap_or_default(),
             group: msg.env.group().to_owned(),
             hlc: msg.env.hlc.unwrap_or_default(),
             apply: self.applies_here(&msg.env.targeted_tags),
             recipients,
             message: msg,
-        })
+        }))
     }
 
     /// Whether a message with these `targetedTags` is for this node.

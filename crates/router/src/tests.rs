@@ -37,7 +37,7 @@ fn router(id: &str, peers: &[(&str, &[&str])]) -> Router {
 
 fn accepted(d: Decision) -> Accepted {
     match d {
-        Decision::Accept(a) => a,
+        Decision::Accept(a) => *a,
         other => panic!("expected Accept, got {other:?}"),
     }
 }

@@ -32,6 +32,7 @@ pub async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
+#[allow(clippy::result_large_err)] // the handshake callback's signature is tungstenite's
 async fn inbound(node: Arc<Node>, stream: TcpStream, addr: SocketAddr) {
     let connected_at = Instant::now();
     let _ = stream.set_nodelay(true);
