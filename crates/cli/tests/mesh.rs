@@ -403,3 +403,29 @@ async fn an_unreachable_peer_opens_its_circuit_and_the_node_keeps_serving() {
     app.publish(&writes("waiting", 0..3)).await.unwrap();
     assert_eq!(a.status().await.unwrap()["outboxDepth"], 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_auth_token_only_peers_that_present_it_connect() {
+    let a = start(NodeOptions::default().env("SLIPSTREAM_AUTH_TOKEN", "old-token, new-token"));
+    let err = WsClient::connect_raw(&a.ws_url()).await.err().expect("refused without a token");
+    assert!(err.to_string().contains("401"), "{err}");
+    let url_config = json!([{ "url": a.ws_url(), "authToken": "new-token" }]).to_string();
+    let b = start(NodeOptions::default().env("URL_CONFIG", &url_config));
+    b.wait_connected(1).await;
+    let mut app = WsClient::app(&b.ws_url()).await.unwrap();
+    let all = writes("auth", 0..5);
+    app.publish(&all).await.unwrap();
+    wait_has_all(&a, &all).await;
+    assert!(a.logs().contains("bearer token"), "the refusal is logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_a_restart_resumes() {
+    let mut a = start(NodeOptions::default());
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let all = writes("term", 0..20);
+    app.publish(&all).await.unwrap();
+    assert_eq!(a.terminate().unwrap(), Some(0));
+    a.restart().unwrap();
+    wait_has_all(&a, &all).await;
+}
