@@ -407,7 +407,10 @@ async fn an_unreachable_peer_opens_its_circuit_and_the_node_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_auth_token_only_peers_that_present_it_connect() {
     let a = start(NodeOptions::default().env("SLIPSTREAM_AUTH_TOKEN", "old-token, new-token"));
-    let err = WsClient::connect_raw(&a.ws_url()).await.err().expect("refused without a token");
+    let err = WsClient::connect_raw(&a.ws_url())
+        .await
+        .err()
+        .expect("refused without a token");
     assert!(err.to_string().contains("401"), "{err}");
     let url_config = json!([{ "url": a.ws_url(), "authToken": "new-token" }]).to_string();
     let b = start(NodeOptions::default().env("URL_CONFIG", &url_config));

@@ -72,6 +72,9 @@ impl Node {
         rc.max_path = cfg.limits.max_path;
         rc.dedup_ttl_ms = cfg.retention.as_millis() as u64;
         let mut router = Router::new(rc);
+        if let Some(h) = storage.max_hlc().await? {
+            router.observe(h);
+        }
         let mut url_keys = HashMap::new();
         let known = storage.known_peers().await?;
         for p in &known {

@@ -154,6 +154,11 @@ impl Router {
         self.peers.iter()
     }
 
+    /// Moves the clock past a stamp (the greatest one recorded before a restart).
+    pub fn observe(&mut self, hlc: Hlc) {
+        self.clock.observe(hlc);
+    }
+
     /// A fresh HLC stamp (for local reads and diagnostics).
     pub fn stamp(&mut self, now_ms: u64) -> Hlc {
         self.clock.tick(now_ms)

@@ -489,6 +489,16 @@ impl Storage {
         .await
     }
 
+    /// The greatest HLC stamp in the journal, so a restarted node's clock starts past it.
+    pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
+        self.read(|c| {
+            let max: Option<String> =
+                c.query_row("SELECT max(hlc) FROM messages", [], |r| r.get(0))?;
+            Ok(max.and_then(|h| h.parse().ok()))
+        })
+        .await
+    }
+
     /// How many messages the journal holds.
     pub async fn message_count(&self) -> Result<u64> {
         self.read(|c| {

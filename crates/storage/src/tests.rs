@@ -307,6 +307,7 @@ async fn committed_writes_survive_reopening() {
         s.close().await;
     }
     let s = open(dir.path());
+    assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(1, 0)));
     assert_eq!(s.get("k").await.unwrap().unwrap().message_id, "m1");
     assert_eq!(s.open_deliveries("b", 0, 10).await.unwrap().len(), 1);
     assert_eq!(
