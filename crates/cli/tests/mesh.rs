@@ -185,10 +185,7 @@ async fn a_connected_peer_that_never_acks_gets_its_messages_dead_lettered() {
     let dlq = a.get_json("/dlq").await.unwrap();
     for d in dlq["deadLetters"].as_array().unwrap() {
         assert_eq!(d["peer"], "con-mute");
-        assert_eq!(
-            d["attempts"], 2,
-            "two counted timeouts before the third, final one"
-        );
+        assert_eq!(d["attempts"], 3, "three unanswered sends");
         assert!(d["messageId"].as_str().unwrap().contains("doomed"));
     }
     assert_eq!(
@@ -431,4 +428,131 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes() {
     assert_eq!(a.terminate().unwrap(), Some(0));
     a.restart().unwrap();
     wait_has_all(&a, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_apps_are_pushed_writes_applied_on_their_node() {
+    let a = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&a]));
+    b.wait_connected(1).await;
+    let mut watcher = WsClient::app(&b.ws_url()).await.unwrap();
+    // The HELLO exchange is done once the node answers this read.
+    watcher
+        .send(&json!({"type": "GK", "key": "nothing", "messageId": "r0"}))
+        .await
+        .unwrap();
+    let res = watcher
+        .recv_until(LONG, |v| v["type"] == "RES")
+        .await
+        .unwrap();
+    assert_eq!(res["found"], false);
+    let mut writer = WsClient::app(&a.ws_url()).await.unwrap();
+    writer
+        .publish(&[("pushed".into(), "hello".into())])
+        .await
+        .unwrap();
+    let pushed = watcher
+        .recv_until(LONG, |v| v["type"] == "SK")
+        .await
+        .unwrap();
+    assert_eq!(pushed["key"], "pushed");
+    assert_eq!(pushed["value"], "hello");
+    assert_eq!(pushed["originInstanceId"], a.id.as_str());
+    watcher
+        .send(&json!({"type": "GK", "key": "pushed", "messageId": "r1"}))
+        .await
+        .unwrap();
+    let res = watcher
+        .recv_until(LONG, |v| v["type"] == "RES" && v["inReplyTo"] == "r1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (res["found"].clone(), res["value"].clone()),
+        (json!(true), json!("hello"))
+    );
+    assert_eq!(b.http("GET", "/health", None).await.unwrap().0, 200);
+    assert_eq!(b.http("GET", "/ready", None).await.unwrap().0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_publish_records_before_answering_and_rejects_bad_input() {
+    let a = start(NodeOptions::default());
+    let (status, v) = a
+        .http(
+            "POST",
+            "/v1/messages",
+            Some(r#"{"type":"SW","key":"w","value":{"x":2}}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "recorded");
+    let got = a.key("w").await.unwrap().unwrap();
+    assert_eq!(
+        (got["kind"].clone(), got["value"].clone()),
+        (json!("weighted"), json!({"x": 2.0}))
+    );
+    let (status, v) = a
+        .http(
+            "POST",
+            "/v1/messages",
+            Some(r#"[{"type":"SK","key":"ok","value":"1"},{"type":"SK","key":"bad","value":7}]"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("message 1: field `value` must be a string"),
+        "{v}"
+    );
+    assert_eq!(
+        a.key("ok").await.unwrap(),
+        None,
+        "nothing recorded from a rejected request"
+    );
+    assert_eq!(a.http("GET", "/v1/keys/absent", None).await.unwrap().0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publish_and_get_commands_talk_to_a_node_as_an_app() {
+    let a = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&a]));
+    b.wait_connected(1).await;
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "publish",
+            "--url",
+            &a.ws_url(),
+            "--message-id",
+            "cli-1",
+            "order:9",
+            "shipped",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, json!({"messageId": "cli-1", "status": "recorded"}));
+    eventually("b has order:9", LONG, || async {
+        let out = tokio::process::Command::new(BIN)
+            .args(["get", "--url", &b.ws_url(), "order:9"])
+            .output()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        if out.status.success() && v["value"] == "shipped" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
 }

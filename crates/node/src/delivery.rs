@@ -206,7 +206,15 @@ impl DeliveryTask {
         let mut bodies = Vec::with_capacity(rows.len());
         let mut sent = Vec::with_capacity(rows.len());
         let mut skipped = Vec::new();
+        // A frame stays under the receiver's frame limit: rows past it wait for the next frame.
+        let budget = self.node.cfg.limits.max_frame_bytes;
+        let mut bytes = 2;
         for row in rows {
+            if !bodies.is_empty() && bytes + row.body.len() + 1 > budget {
+                self.more = true;
+                break;
+            }
+            bytes += row.body.len() + 1;
             self.cursor = self.cursor.max(row.seq);
             if row.path.contains(&self.peer) {
                 // A configured peer whose id turned out to be on the path already has it.

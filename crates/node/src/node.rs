@@ -178,6 +178,9 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(u.to_owned(), id.to_owned());
+            // Rows queued under the URL now carry the id with their old, lower seqs: a delivery
+            // task already running for the id (the peer dialled in first) must read them too.
+            self.peers.rewind(id).await;
         }
         id.to_owned()
     }

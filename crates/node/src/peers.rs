@@ -113,10 +113,12 @@ impl Peers {
         }
     }
 
-    /// After a dead-letter replay: the peer reads its outbox from the start again.
-    pub fn rewind(&self, key: &str) {
-        if let Some(entry) = self.lock().get(key) {
-            let _ = entry.delivery.tx.try_send(DeliveryCmd::Rewind);
+    /// Rows came back or moved to this peer (a dead-letter replay, or `url:` rows moved to its id
+    /// once met): it reads its outbox from the start again.
+    pub async fn rewind(&self, key: &str) {
+        let tx = self.lock().get(key).map(|e| e.delivery.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.send(DeliveryCmd::Rewind).await;
         }
     }
 

@@ -31,11 +31,12 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 
--- One row per (message, recipient peer). `seq` is the send order. `peer` is the peer's
+-- One row per (message, recipient peer). `seq` is the send order; AUTOINCREMENT so a pruned
+-- seq is never reused below a delivery task's cursor. `peer` is the peer's
 -- instance id, or `url:<url>` for a configured peer not met yet.
 -- state: pending -> sent -> acked, or dead.
 CREATE TABLE IF NOT EXISTS deliveries (
-    seq        INTEGER PRIMARY KEY,
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     msg        INTEGER NOT NULL,
     peer       TEXT NOT NULL,
     state      TEXT NOT NULL,

@@ -210,7 +210,8 @@ async fn delivery_rows_move_through_their_states_in_order() {
             dead[0].attempts,
             dead[0].peer.as_str()
         ),
-        ("m3", 1, "b")
+        ("m3", 2, "b"),
+        "the final unanswered send counts too"
     );
     assert_eq!(
         s.replay_dead(None).await.unwrap(),

@@ -168,7 +168,7 @@ fn run_op(tx: &mut Transaction<'_>, op: WriterOp) -> Answer {
             reply,
             guarded(tx, |c| {
                 let mut st = c.prepare_cached(
-                    "UPDATE deliveries SET state = 'dead', updated_at = ?2, note = ?3 WHERE seq = ?1 AND state IN ('pending', 'sent')",
+                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, updated_at = ?2, note = ?3 WHERE seq = ?1 AND state IN ('pending', 'sent')",
                 )?;
                 for s in &seqs {
                     st.execute(params![s, now, note])?;

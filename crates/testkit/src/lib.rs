@@ -336,13 +336,14 @@ where
     }
 }
 
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket client: a local app (`role: client`), a peer, or anything a test makes up.
 pub struct WsClient {
     ws: Ws,
-    counter: u64,
     /// Messages read while waiting for something else.
     pub seen: Vec<Value>,
 }
@@ -353,7 +354,6 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(url).await?;
         Ok(WsClient {
             ws,
-            counter: 0,
             seen: Vec::new(),
         })
     }
@@ -437,8 +437,10 @@ impl WsClient {
         let msgs: Vec<Value> = writes
             .iter()
             .map(|(k, v)| {
-                self.counter += 1;
-                let id = format!("w-{}-{}-{}", std::process::id(), self.counter, k);
+                // Unique across every client of the test process: two writes with one id (and
+                // group) are one write to the mesh, by design.
+                let n = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let id = format!("w-{}-{n}-{k}", std::process::id());
                 ids.insert(id.clone());
                 json!({"type": "SK", "key": k, "value": v, "messageId": id})
             })

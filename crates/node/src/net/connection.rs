@@ -160,39 +160,39 @@ where
                 }
             };
             conn.flush_acks();
-            let mut failed = false;
-            for frame in conn.out.drain(..) {
-                if sink.feed(frame).await.is_err() {
-                    failed = true;
-                    break;
+            // A peer that stops reading must not hold this task (and its reads) forever: a
+            // write that cannot finish within three heartbeats ends the connection, and its
+            // rows go again on the next one.
+            let frames: Vec<WsMessage> = conn.out.drain(..).collect();
+            let write = async {
+                for frame in frames {
+                    sink.feed(frame).await?;
                 }
-            }
-            if failed || sink.flush().await.is_err() {
+                sink.flush().await
+            };
+            if !matches!(tokio::time::timeout(heartbeat * 3, write).await, Ok(Ok(()))) {
                 break End::Closed;
             }
             if let Err(end) = step {
-                if let End::Close(..) = end {
-                    conn.flush_acks();
-                    for frame in conn.out.drain(..) {
-                        let _ = sink.feed(frame).await;
-                    }
-                }
                 break end;
             }
         }
     };
-    if let End::Close(code, reason) = end {
-        tracing::debug!(instance_id = %node.id, conn = conn.id, reason = %reason, "closing connection");
-        let _ = sink
-            .send(WsMessage::Close(Some(CloseFrame {
-                code,
-                reason: reason.into(),
-            })))
-            .await;
-        let _ = sink.close().await;
-    }
+    // Detach first, so the delivery task stops counting attempts on this connection at once.
     if let Who::Peer(key) = &conn.who {
         node.peers.detach(key, conn.id).await;
+    }
+    if let End::Close(code, reason) = end {
+        tracing::debug!(instance_id = %node.id, conn = conn.id, reason = %reason, "closing connection");
+        let close = async {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = sink.send(WsMessage::Close(Some(frame))).await;
+            let _ = sink.close().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
     }
     node.metrics.active_connections.dec();
     tracing::debug!(instance_id = %node.id, conn = conn.id, "connection closed");
