@@ -156,10 +156,24 @@ async fn a_connected_peer_that_never_acks_gets_its_messages_dead_lettered() {
     let a = start(NodeOptions::default());
     let mut mute = WsClient::peer(&a.ws_url(), "con-mute").await.unwrap();
     a.wait_connected(1).await;
+    // The mute peer keeps reading (so the node's pings are answered and the connection stays
+    // up) and counts what it gets, but never ACKs.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let mut copies = 0;
+        loop {
+            tokio::select! {
+                _ = &mut stopped => return Ok(copies),
+                v = mute.recv(Duration::from_secs(3600)) => match v {
+                    Ok(v) if v["type"] == "SK" => copies += 1,
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("the mute peer's connection ended: {e}")),
+                },
+            }
+        }
+    });
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&writes("doomed", 0..5)).await.unwrap();
-    // Keep reading (so pings are answered and the connection stays up) but never ACK.
-    let mut copies = 0;
     eventually("five dead letters on a", LONG, || {
         let a = &a;
         async move {
@@ -173,11 +187,8 @@ async fn a_connected_peer_that_never_acks_gets_its_messages_dead_lettered() {
         }
     })
     .await;
-    while let Ok(v) = mute.recv(Duration::from_millis(300)).await {
-        if v["type"] == "SK" {
-            copies += 1;
-        }
-    }
+    stop.send(()).unwrap();
+    let copies = reader.await.unwrap().unwrap();
     assert_eq!(
         copies, 15,
         "each of 5 messages sent MAX_MESSAGE_REPUBLISH_ATTEMPTS (3) times"
@@ -555,4 +566,31 @@ async fn the_publish_and_get_commands_talk_to_a_node_as_an_app() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_peer_that_sends_no_hello_is_served_and_remembered() {
+    let a = start(NodeOptions::default());
+    let mut old = WsClient::connect_raw(&a.ws_url()).await.unwrap();
+    old.send(&json!({
+        "type": "SK", "key": "legacy", "value": "v", "messageId": "old-1",
+        "originInstanceId": "con-old", "sourceInstanceId": "con-old", "messagePath": ["con-old"],
+    }))
+    .await
+    .unwrap();
+    let ack = old.recv_until(LONG, |v| v["type"] == "ACK").await.unwrap();
+    assert_eq!(ack["messageId"], "old-1");
+    assert_eq!(
+        a.key("legacy").await.unwrap().unwrap()["originInstanceId"],
+        "con-old"
+    );
+    // It became a known peer, learnt from sourceInstanceId: a local write is delivered to it.
+    a.wait_connected(1).await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&[("to-old".into(), "x".into())]).await.unwrap();
+    let got = old
+        .recv_until(LONG, |v| v["type"] == "SK" && v["key"] == "to-old")
+        .await
+        .unwrap();
+    assert_eq!(got["messagePath"], json!([a.id]));
 }

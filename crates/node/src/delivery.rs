@@ -18,13 +18,12 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::net::backoff::doubled;
 use crate::node::Node;
 use crate::telemetry;
 
 /// Most rows in one frame.
 const MAX_FRAME_ROWS: usize = 256;
-/// Longest wait between resends.
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The connection a delivery task writes to.
 #[derive(Clone, Debug)]
@@ -61,6 +60,9 @@ pub struct DeliveryTask {
     by_id: HashMap<String, VecDeque<i64>>,
     /// Whether the outbox may hold rows past the cursor.
     more: bool,
+    /// No later than the earliest in-flight deadline (it may be earlier, after ACKs removed
+    /// rows; the timeout then finds nothing expired and recomputes it).
+    next_deadline: Option<Instant>,
 }
 
 enum Event {
@@ -89,6 +91,7 @@ impl DeliveryTask {
             inflight: BTreeMap::new(),
             by_id: HashMap::new(),
             more: true,
+            next_deadline: None,
         }
     }
 
@@ -97,7 +100,7 @@ impl DeliveryTask {
             let can_send = self.active.is_some()
                 && self.more
                 && self.inflight.len() < self.node.cfg.delivery_window;
-            let deadline = self.inflight.values().map(|f| f.deadline).min();
+            let deadline = self.next_deadline;
             let conn_tx = self.active.as_ref().map(|c| c.tx.clone());
             let event = tokio::select! {
                 _ = self.node.shutdown.cancelled() => Event::Shutdown,
@@ -134,20 +137,7 @@ impl DeliveryTask {
                 }
             }
             DeliveryCmd::Detach(id) => self.detach(id),
-            DeliveryCmd::Acked(mut ids) => {
-                // Take every ACK already queued, to mark them in one commit.
-                while ids.len() < 4096 {
-                    match self.rx.try_recv() {
-                        Ok(DeliveryCmd::Acked(more)) => ids.extend(more),
-                        Ok(other) => {
-                            self.on_acked(ids).await;
-                            return Box::pin(self.on_cmd(other)).await;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                self.on_acked(ids).await;
-            }
+            DeliveryCmd::Acked(ids) => self.on_acked(ids).await,
             DeliveryCmd::Rewind => self.restart_from_outbox(),
         }
     }
@@ -170,13 +160,11 @@ impl DeliveryTask {
         self.inflight.clear();
         self.by_id.clear();
         self.more = true;
+        self.next_deadline = None;
     }
 
     fn wait_after(&self, attempts: u32) -> Duration {
-        let base = self.node.cfg.retry_base;
-        base.checked_mul(1u32 << attempts.min(16))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF)
+        doubled(self.node.cfg.retry_base, attempts)
     }
 
     async fn send_batch(&mut self, permit: mpsc::OwnedPermit<String>) {
@@ -204,6 +192,7 @@ impl DeliveryTask {
         }
         let now = Instant::now();
         let mut bodies = Vec::with_capacity(rows.len());
+        let mut types: Vec<(String, u64)> = Vec::new();
         let mut sent = Vec::with_capacity(rows.len());
         let mut skipped = Vec::new();
         // A frame stays under the receiver's frame limit: rows past it wait for the next frame.
@@ -225,12 +214,14 @@ impl DeliveryTask {
                 .entry(row.message_id.clone())
                 .or_default()
                 .push_back(row.seq);
+            let deadline = now + self.wait_after(row.attempts);
+            self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
             self.inflight.insert(
                 row.seq,
                 InFlight {
                     message_id: row.message_id,
                     attempts: row.attempts,
-                    deadline: now + self.wait_after(row.attempts),
+                    deadline,
                 },
             );
             if row.attempts > 0 {
@@ -238,6 +229,10 @@ impl DeliveryTask {
             }
             sent.push(row.seq);
             bodies.push(row.body);
+            match types.iter_mut().find(|(t, _)| *t == row.msg_type) {
+                Some((_, n)) => *n += 1,
+                None => types.push((row.msg_type, 1)),
+            }
         }
         if !skipped.is_empty() {
             let _ = self
@@ -249,7 +244,7 @@ impl DeliveryTask {
         if bodies.is_empty() {
             return;
         }
-        telemetry::frames_sent(&self.node, &self.peer, bodies.len());
+        telemetry::frame_sent(&self.node, &self.peer, &types);
         permit.send(slipstream_protocol::join_encoded(&bodies));
         if let Err(e) = self.node.storage.mark_sent(sent).await {
             telemetry::storage_failed(&self.node, "mark sent", &e);
@@ -281,6 +276,13 @@ impl DeliveryTask {
     }
 
     async fn on_timeout(&mut self) {
+        self.expire().await;
+        self.next_deadline = self.inflight.values().map(|f| f.deadline).min();
+    }
+
+    /// Counts an attempt against every in-flight row whose wait ran out, dead-letters those
+    /// out of attempts, and goes back to resend the rest.
+    async fn expire(&mut self) {
         let now = Instant::now();
         let expired: Vec<i64> = self
             .inflight

@@ -163,9 +163,13 @@ impl Node {
             tags: tags.clone(),
             last_seen: now_ms(),
         };
-        if let Err(e) = self.storage.peer_met(row).await {
-            telemetry::storage_failed(self, "remember peer", &e);
-        }
+        let moved = match self.storage.peer_met(row).await {
+            Ok(n) => n,
+            Err(e) => {
+                telemetry::storage_failed(self, "remember peer", &e);
+                0
+            }
+        };
         {
             let mut router = self.router();
             if let Some(u) = url {
@@ -178,6 +182,8 @@ impl Node {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(u.to_owned(), id.to_owned());
+        }
+        if moved > 0 {
             // Rows queued under the URL now carry the id with their old, lower seqs: a delivery
             // task already running for the id (the peer dialled in first) must read them too.
             self.peers.rewind(id).await;
@@ -223,7 +229,7 @@ impl Node {
             }
             Decision::Accept(a) => a,
         };
-        let body = accepted.message.encode();
+        let body: Arc<str> = accepted.message.encode().into();
         let apply = match (&accepted.message.body, accepted.apply) {
             (Body::Set { key, value }, true) => Some((key.clone(), value.clone())),
             _ => None,
@@ -249,7 +255,7 @@ impl Node {
         let group = record.group.clone();
         let applied = record.apply.is_some();
         let hlc = record.hlc;
-        let push: Arc<str> = record.body.as_str().into();
+        let push = record.body.clone();
         let committed: oneshot::Receiver<_> = match self.storage.submit(record).await {
             Ok(rx) => rx,
             Err(e) => {

@@ -122,12 +122,6 @@ impl Peers {
         }
     }
 
-    pub fn is_connected(&self, key: &str) -> bool {
-        self.lock()
-            .get(key)
-            .is_some_and(|e| !e.connections.is_empty())
-    }
-
     pub fn views(&self) -> Vec<PeerView> {
         self.lock()
             .iter()

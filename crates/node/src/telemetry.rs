@@ -235,15 +235,15 @@ pub fn invalid(node: &Node, from: &Sender, reason: &str) {
     tracing::error!(instance_id = %node.id, peer = sender_name(from), reason, "invalid message");
 }
 
-/// Messages went out to a peer in one frame.
-pub fn frames_sent(node: &Node, peer: &str, messages: usize) {
-    node.metrics
-        .sent
-        .get_or_create(&TypeLabel {
-            r#type: "write".to_owned(),
-        })
-        .inc_by(messages as u64);
-    tracing::debug!(instance_id = %node.id, peer, messages, "sent");
+/// One frame went out to a peer, carrying these counts of each message type.
+pub fn frame_sent(node: &Node, peer: &str, types: &[(String, u64)]) {
+    for (t, n) in types {
+        node.metrics
+            .sent
+            .get_or_create(&TypeLabel { r#type: t.clone() })
+            .inc_by(*n);
+    }
+    tracing::debug!(instance_id = %node.id, peer, messages = types.iter().map(|(_, n)| n).sum::<u64>(), "frame sent");
 }
 
 /// A delivery ran out of attempts.

@@ -131,10 +131,6 @@ impl Router {
         &self.cfg.instance_id
     }
 
-    pub fn tags(&self) -> &[String] {
-        &self.cfg.tags
-    }
-
     /// Adds or updates a peer the router forwards to, keyed by instance id (or `url:…`).
     pub fn upsert_peer(&mut self, key: impl Into<String>, peer: KnownPeer) {
         self.peers.insert(key.into(), peer);

@@ -55,8 +55,8 @@ pub struct Record {
     pub origin: String,
     pub hlc: Hlc,
     pub path: Vec<String>,
-    /// The encoded message in its forwarded form.
-    pub body: String,
+    /// The encoded message in its forwarded form (shared with the push to local apps).
+    pub body: Arc<str>,
     /// Set when the write applies here (its key and value go to the embedded store).
     pub apply: Option<(String, Value)>,
     pub recipients: Vec<String>,
@@ -80,6 +80,7 @@ pub enum Recorded {
 pub struct Outgoing {
     pub seq: i64,
     pub message_id: String,
+    pub msg_type: String,
     pub path: Vec<String>,
     pub body: String,
     pub attempts: u32,
@@ -268,14 +269,34 @@ impl Storage {
             .map_err(|_| StorageError::Closed)?
     }
 
-    /// Marks rows handed to a connection as sent.
-    pub async fn mark_sent(&self, seqs: Vec<i64>) -> Result<()> {
-        self.call(|r| WriterOp::MarkSent(seqs, r)).await
+    /// Queues an operation without waiting for its commit (a failed commit is logged by the
+    /// writer). Waits only while the queue is full.
+    async fn queue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriterOp,
+    ) -> Result<()> {
+        let (reply, _) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| StorageError::Closed)
     }
 
-    /// Marks rows acknowledged by their peer.
+    /// Marks rows handed to a connection as sent. Does not wait for the commit: the state is
+    /// bookkeeping, and the delivery task must not stall a frame per fsync.
+    pub async fn mark_sent(&self, seqs: Vec<i64>) -> Result<()> {
+        self.queue(|r| WriterOp::MarkSent(seqs, r)).await
+    }
+
+    /// Marks rows acknowledged by their peer, without waiting for the commit: a row whose mark
+    /// is lost in a crash is sent once more and acknowledged again as a duplicate.
     pub async fn mark_acked(&self, seqs: Vec<i64>, note: Option<&'static str>) -> Result<()> {
-        self.call(|r| WriterOp::MarkAcked(seqs, note, r)).await
+        self.queue(|r| WriterOp::MarkAcked(seqs, note, r)).await
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) -> Result<()> {
+        self.call(WriterOp::Flush).await
     }
 
     /// Counts one unanswered send against each row.
@@ -300,8 +321,8 @@ impl Storage {
     }
 
     /// Remembers a peer met through HELLO (or learnt from `sourceInstanceId`). When it was
-    /// configured by `url` and not known by id before, its `url:` rows move to its id.
-    pub async fn peer_met(&self, peer: PeerRow) -> Result<()> {
+    /// configured by `url`, rows queued under its `url:` key move to its id; returns how many.
+    pub async fn peer_met(&self, peer: PeerRow) -> Result<u64> {
         self.call(|r| WriterOp::PeerMet(peer, r)).await
     }
 
@@ -334,32 +355,30 @@ impl Storage {
         let peer = peer.to_owned();
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT d.seq, m.message_id, m.path, m.body, d.attempts
+                "SELECT d.seq, m.message_id, m.path, m.body, d.attempts, m.msg_type
                  FROM deliveries d JOIN messages m ON m.id = d.msg
                  WHERE d.peer = ?1 AND d.seq > ?2 AND d.state IN ('pending', 'sent')
                  ORDER BY d.seq LIMIT ?3",
             )?;
             let rows = st.query_map(params![peer, after_seq, limit as i64], |r| {
                 Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
+                    Outgoing {
+                        seq: r.get(0)?,
+                        message_id: r.get(1)?,
+                        path: Vec::new(),
+                        body: r.get(3)?,
+                        attempts: r.get(4)?,
+                        msg_type: r.get(5)?,
+                    },
                     r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, u32>(4)?,
                 ))
             })?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, message_id, path, body, attempts) = row?;
-                let path = serde_json::from_str(&path)
-                    .map_err(|e| StorageError::Corrupt(format!("path of {message_id}: {e}")))?;
-                out.push(Outgoing {
-                    seq,
-                    message_id,
-                    path,
-                    body,
-                    attempts,
-                });
+                let (mut o, path) = row?;
+                o.path = serde_json::from_str(&path)
+                    .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", o.message_id)))?;
+                out.push(o);
             }
             Ok(out)
         })
@@ -399,16 +418,6 @@ impl Storage {
                 origin,
                 message_id,
             }))
-        })
-        .await
-    }
-
-    /// Every key of the embedded store with its value (for checks and dumps), sorted by key.
-    pub async fn dump(&self) -> Result<Vec<(String, String, String)>> {
-        self.read(|c| {
-            let mut st = c.prepare("SELECT key, value, hlc FROM kv ORDER BY key")?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<std::result::Result<_, _>>()?)
         })
         .await
     }

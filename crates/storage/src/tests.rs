@@ -16,7 +16,7 @@ fn rec(id: &str, key: &str, value: &str, hlc: u64, origin: &str, recipients: &[&
         origin: origin.into(),
         hlc: Hlc::new(hlc, 0),
         path: vec![origin.into()],
-        body: format!(r#"{{"type":"SK","messageId":"{id}"}}"#),
+        body: format!(r#"{{"type":"SK","messageId":"{id}"}}"#).into(),
         apply: Some((key.into(), Value::String(value.into()))),
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
     }
@@ -166,6 +166,7 @@ async fn delivery_rows_move_through_their_states_in_order() {
     let seqs: Vec<i64> = open_b.iter().map(|o| o.seq).collect();
     s.mark_sent(seqs.clone()).await.unwrap();
     s.mark_acked(seqs[..3].to_vec(), None).await.unwrap();
+    s.flush().await.unwrap();
     let left = s.open_deliveries("b", 0, 100).await.unwrap();
     assert_eq!(
         left.iter()
@@ -234,14 +235,14 @@ async fn meeting_a_configured_peer_moves_its_url_rows_to_its_id() {
     s.record(rec("m1", "k", "v", 1, "a", &["url:ws://b:7600"]))
         .await
         .unwrap();
-    s.peer_met(PeerRow {
+    let b = PeerRow {
         id: "b".into(),
         url: Some("ws://b:7600".into()),
         tags: vec!["aws".into()],
         last_seen: 0,
-    })
-    .await
-    .unwrap();
+    };
+    assert_eq!(s.peer_met(b.clone()).await.unwrap(), 1, "one row moved");
+    assert_eq!(s.peer_met(b).await.unwrap(), 0, "nothing left to move");
     assert!(s
         .open_deliveries("url:ws://b:7600", 0, 10)
         .await

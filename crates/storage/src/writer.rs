@@ -23,8 +23,10 @@ pub(crate) enum WriterOp {
     MarkDead(Vec<i64>, String, Reply<()>),
     ReplayDead(Option<Vec<i64>>, Reply<Vec<(String, u64)>>),
     PurgeDead(Reply<u64>),
-    PeerMet(PeerRow, Reply<()>),
+    PeerMet(PeerRow, Reply<u64>),
     Prune(u64, Reply<u64>),
+    /// Answered after the commit of everything queued before it.
+    Flush(Reply<()>),
     Stop(Reply<()>),
 }
 
@@ -122,8 +124,9 @@ fn run_failed(op: WriterOp) -> Answer {
         | WriterOp::MarkAcked(_, _, r)
         | WriterOp::CountAttempt(_, r)
         | WriterOp::MarkDead(_, _, r)
-        | WriterOp::PeerMet(_, r)
+        | WriterOp::Flush(r)
         | WriterOp::Stop(r) => answer(r, Err(StorageError::Closed)),
+        WriterOp::PeerMet(_, r) => answer(r, Err(StorageError::Closed)),
         WriterOp::ReplayDead(_, r) => answer(r, Err(StorageError::Closed)),
         WriterOp::PurgeDead(r) | WriterOp::Prune(_, r) => answer(r, Err(StorageError::Closed)),
     }
@@ -143,37 +146,45 @@ fn run_op(tx: &mut Transaction<'_>, op: WriterOp) -> Answer {
         WriterOp::MarkSent(seqs, reply) => answer(
             reply,
             guarded(tx, |c| {
-                update_each(c, &seqs, "UPDATE deliveries SET state = 'sent', updated_at = ?2 WHERE seq = ?1 AND state = 'pending'", now)
+                update_each(
+                    c,
+                    &seqs,
+                    now,
+                    None,
+                    "SET state = 'sent' WHERE seq = ?1 AND state = 'pending'",
+                )
             }),
         ),
         WriterOp::MarkAcked(seqs, note, reply) => answer(
             reply,
             guarded(tx, |c| {
-                let mut st = c.prepare_cached(
-                    "UPDATE deliveries SET state = 'acked', updated_at = ?2, note = ?3 WHERE seq = ?1 AND state IN ('pending', 'sent')",
-                )?;
-                for s in &seqs {
-                    st.execute(params![s, now, note])?;
-                }
-                Ok(())
+                update_each(
+                    c,
+                    &seqs,
+                    now,
+                    note,
+                    "SET state = 'acked' WHERE seq = ?1 AND state IN ('pending', 'sent')",
+                )
             }),
         ),
-        WriterOp::CountAttempt(seqs, reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                update_each(c, &seqs, "UPDATE deliveries SET attempts = attempts + 1, updated_at = ?2 WHERE seq = ?1 AND state IN ('pending', 'sent')", now)
-            }),
-        ),
+        WriterOp::CountAttempt(seqs, reply) => {
+            answer(
+                reply,
+                guarded(tx, |c| {
+                    update_each(c, &seqs, now, None, "SET attempts = attempts + 1 WHERE seq = ?1 AND state IN ('pending', 'sent')")
+                }),
+            )
+        }
         WriterOp::MarkDead(seqs, note, reply) => answer(
             reply,
             guarded(tx, |c| {
-                let mut st = c.prepare_cached(
-                    "UPDATE deliveries SET state = 'dead', attempts = attempts + 1, updated_at = ?2, note = ?3 WHERE seq = ?1 AND state IN ('pending', 'sent')",
-                )?;
-                for s in &seqs {
-                    st.execute(params![s, now, note])?;
-                }
-                Ok(())
+                update_each(
+                    c,
+                    &seqs,
+                    now,
+                    Some(&note),
+                    "SET state = 'dead', attempts = attempts + 1 WHERE seq = ?1 AND state IN ('pending', 'sent')",
+                )
             }),
         ),
         WriterOp::ReplayDead(seqs, reply) => {
@@ -200,14 +211,28 @@ fn run_op(tx: &mut Transaction<'_>, op: WriterOp) -> Answer {
                 )? as u64)
             }),
         ),
-        WriterOp::Stop(reply) => answer(reply, Ok(())),
+        WriterOp::Flush(reply) | WriterOp::Stop(reply) => answer(reply, Ok(())),
     }
 }
 
-fn update_each(c: &Connection, seqs: &[i64], sql: &str, now: i64) -> Result<()> {
-    let mut st = c.prepare_cached(sql)?;
+/// Runs one `UPDATE deliveries` per seq. `change` is the statement after the table name, with
+/// `?1` for the seq; every update also stamps `updated_at` and, when given, `note`.
+fn update_each(
+    c: &Connection,
+    seqs: &[i64],
+    now: i64,
+    note: Option<&str>,
+    change: &str,
+) -> Result<()> {
+    let (set, condition) = change
+        .split_once(" WHERE ")
+        .expect("change has a WHERE clause");
+    let sql = format!(
+        "UPDATE deliveries {set}, updated_at = ?2, note = coalesce(?3, note) WHERE {condition}"
+    );
+    let mut st = c.prepare_cached(&sql)?;
     for s in seqs {
-        st.execute(params![s, now])?;
+        st.execute(params![s, now, note])?;
     }
     Ok(())
 }
@@ -227,7 +252,7 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
             rec.origin,
             rec.hlc.to_string(),
             path,
-            rec.body,
+            &*rec.body,
             now
         ])?;
     if inserted == 0 {
@@ -300,7 +325,7 @@ fn replay_dead(c: &Connection, seqs: Option<&[i64]>, now: i64) -> Result<Vec<(St
     Ok(peers)
 }
 
-fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<()> {
+fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<u64> {
     let tags = serde_json::to_string(&peer.tags).expect("strings serialize");
     c.execute(
         "INSERT INTO peers (id, url, tags, last_seen) VALUES (?1, ?2, ?3, ?4)
@@ -310,10 +335,11 @@ fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<()> {
     )?;
     if let Some(url) = &peer.url {
         // Rows queued for the configured URL before its id was known now belong to the id.
-        c.execute(
+        let moved = c.execute(
             "UPDATE deliveries SET peer = ?1 WHERE peer = ?2",
             params![peer.id, format!("url:{url}")],
         )?;
+        return Ok(moved as u64);
     }
-    Ok(())
+    Ok(0)
 }

@@ -5,6 +5,14 @@ use std::time::Duration;
 /// Longest wait between dials while the circuit is closed.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// `base` doubled `times` times, capped at [`MAX_BACKOFF`]: the wait of redials and of
+/// message republishing alike.
+pub fn doubled(base: Duration, times: u32) -> Duration {
+    base.checked_mul(1u32 << times.min(16))
+        .unwrap_or(MAX_BACKOFF)
+        .min(MAX_BACKOFF)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Circuit {
     /// Dialling with exponential backoff.
@@ -81,11 +89,7 @@ impl Backoff {
     }
 
     fn delay(&self, failures: u32, jitter: f64) -> Duration {
-        let exp = self
-            .base
-            .checked_mul(1u32 << (failures - 1).min(16))
-            .unwrap_or(MAX_BACKOFF)
-            .min(MAX_BACKOFF);
+        let exp = doubled(self.base, failures - 1);
         exp.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0))
     }
 }
