@@ -112,6 +112,7 @@ where
     });
     let heartbeat = node.cfg.heartbeat;
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = connected_at + HELLO_WAIT;
     let end = if sink
         .send(WsMessage::Text(hello.encode().into()))
