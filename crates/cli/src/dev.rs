@@ -24,7 +24,10 @@ pub async fn run(args: DevArgs) -> ExitCode {
         eprintln!("slipstream dev: --nodes must be between 1 and 32");
         return ExitCode::from(2);
     }
-    telemetry::init_logging(args.message_logs, false);
+    telemetry::logging::init(telemetry::logging::LogSettings::new(
+        args.message_logs,
+        false,
+    ));
     let dir = match tempfile::Builder::new().prefix("slipstream-dev-").tempdir() {
         Ok(d) => d,
         Err(e) => {

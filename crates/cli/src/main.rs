@@ -171,7 +171,10 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init_logging(cfg.message_logs, cfg.debug_logs);
+    telemetry::logging::init(telemetry::logging::LogSettings::new(
+        cfg.message_logs,
+        cfg.debug_logs,
+    ));
     match slipstream_node::run(cfg, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

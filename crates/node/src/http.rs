@@ -61,25 +61,11 @@ async fn status(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    if let Ok(counts) = node.storage.peer_counts().await {
-        let pending: u64 = counts.iter().map(|(_, c)| c.pending + c.sent).sum();
-        node.metrics.outbox_pending.set(pending as i64);
-    }
-    let stats = node.storage.stats();
-    let commits = stats.commits.load(Ordering::Relaxed);
-    let ops = stats.ops.load(Ordering::Relaxed);
-    node.metrics
-        .commits
-        .inner()
-        .store(commits, Ordering::Relaxed);
-    node.metrics
-        .commit_ops
-        .inner()
-        .store(ops, Ordering::Relaxed);
+    node.refresh_gauges().await;
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "text/plain; version=0.0.4; charset=utf-8",
         )],
         node.metrics.render(),
     )

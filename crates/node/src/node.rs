@@ -14,13 +14,13 @@ use std::time::Instant;
 
 use slipstream_protocol::{Body, Message, Response};
 use slipstream_router::{Decision, KnownPeer, Router, RouterConfig, Sender, URL_KEY_PREFIX};
-use slipstream_storage::{now_ms, PeerRow, Record, Recorded, Storage, StorageError};
+use slipstream_storage::{now_ms, PeerCounts, PeerRow, Record, Recorded, Storage, StorageError};
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::peers::Peers;
+use crate::peers::{PeerView, Peers};
 use crate::telemetry::{self, Metrics};
 
 /// What the caller should do with a message it handed in.
@@ -45,6 +45,16 @@ pub enum Committed {
     Failed { message_id: String, error: String },
 }
 
+/// A configured peer's dialer, as `/status` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitView {
+    /// `closed` (dialling normally) or `open` (waiting out the cool-down).
+    pub circuit: &'static str,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+}
+
 pub struct Node {
     pub cfg: Config,
     pub id: String,
@@ -58,13 +68,19 @@ pub struct Node {
     pub tracker: TaskTracker,
     /// Configured peer URL → its key (instance id once met, else `url:<url>`).
     url_keys: Mutex<HashMap<String, String>>,
+    /// Configured peer URL → its dialer's circuit, for `/status`.
+    circuits: Mutex<HashMap<String, CircuitView>>,
     next_conn: AtomicU64,
     pub started: Instant,
     pub ready: AtomicBool,
 }
 
 impl Node {
-    pub async fn new(cfg: Config, storage: Storage) -> Result<Arc<Node>, StorageError> {
+    pub async fn new(
+        cfg: Config,
+        storage: Storage,
+        metrics: Metrics,
+    ) -> Result<Arc<Node>, StorageError> {
         let id = storage.instance_id().to_owned();
         let mut rc = RouterConfig::new(id.clone());
         rc.tags = cfg.tags.clone();
@@ -113,7 +129,8 @@ impl Node {
             router: Mutex::new(router),
             peers: Peers::default(),
             clients,
-            metrics: Metrics::new(),
+            metrics,
+            circuits: Mutex::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             url_keys: Mutex::new(url_keys),
@@ -368,40 +385,67 @@ impl Node {
         }))
     }
 
-    /// `/status`: who this node is and how each peer is doing.
-    pub async fn status(&self) -> serde_json::Value {
-        let counts: HashMap<String, slipstream_storage::PeerCounts> = self
+    /// Records the state of a configured peer's dialer.
+    pub fn set_circuit(&self, url: &str, view: CircuitView) {
+        self.circuits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.to_owned(), view);
+    }
+
+    /// Every known peer with its connections, delivery counts and circuit.
+    pub async fn peer_statuses(&self) -> Vec<PeerStatus> {
+        let counts: HashMap<String, PeerCounts> = self
             .storage
             .peer_counts()
             .await
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let views: HashMap<String, crate::peers::PeerView> = self
+        let views: HashMap<String, PeerView> = self
             .peers
             .views()
             .into_iter()
             .map(|v| (v.key.clone(), v))
             .collect();
-        let peers: Vec<serde_json::Value> = self
-            .known_peers()
+        let urls: HashMap<String, String> = self
+            .url_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(url, key)| (key.clone(), url.clone()))
+            .collect();
+        let circuits = self
+            .circuits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.known_peers()
             .into_iter()
             .map(|(key, tags)| {
-                let c = counts.get(&key).cloned().unwrap_or_default();
-                let v = views.get(&key);
-                serde_json::json!({
-                    "id": key,
-                    "tags": tags,
-                    "connected": v.is_some_and(|v| v.connected),
-                    "connections": v.map(|v| v.connections.clone()).unwrap_or_default(),
-                    "lastSeenUnixMs": v.and_then(|v| v.last_seen_unix_ms),
-                    "pending": c.pending, "sent": c.sent, "acked": c.acked, "dead": c.dead,
-                })
+                let view = views.get(&key);
+                let url = urls.get(&key).cloned();
+                PeerStatus {
+                    counts: counts.get(&key).cloned().unwrap_or_default(),
+                    connected: view.is_some_and(|v| v.connected),
+                    rtt_ms: view.and_then(|v| v.connections.iter().find_map(|c| c.rtt_ms)),
+                    connections: view.map(|v| v.connections.clone()).unwrap_or_default(),
+                    last_seen_unix_ms: view.and_then(|v| v.last_seen_unix_ms),
+                    dialer: url.as_ref().and_then(|u| circuits.get(u).cloned()),
+                    url,
+                    tags,
+                    id: key,
+                }
             })
-            .collect();
-        let dead: u64 = counts.values().map(|c| c.dead).sum();
+            .collect()
+    }
+
+    /// `/status`: who this node is and how each peer is doing.
+    pub async fn status(&self) -> serde_json::Value {
+        let peers = self.peer_statuses().await;
+        let dead: u64 = peers.iter().map(|p| p.counts.dead).sum();
+        let outbox: u64 = peers.iter().map(|p| p.counts.pending + p.counts.sent).sum();
         let journal = self.storage.message_count().await.unwrap_or(0);
-        let outbox: u64 = counts.values().map(|c| c.pending + c.sent).sum();
         serde_json::json!({
             "instanceId": self.id,
             "tags": self.cfg.tags,
@@ -414,4 +458,53 @@ impl Node {
             "peers": peers,
         })
     }
+
+    /// Sets the gauges that mirror state (per-peer outbox, dead letters, connection, RTT),
+    /// just before a scrape.
+    pub async fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        let peers = self.peer_statuses().await;
+        m.outbox_pending.set(
+            peers
+                .iter()
+                .map(|p| (p.counts.pending + p.counts.sent) as i64)
+                .sum(),
+        );
+        m.dead_letters
+            .set(peers.iter().map(|p| p.counts.dead as i64).sum());
+        for p in &peers {
+            let peer = [p.id.as_str()];
+            m.peer_outbox_pending
+                .with_label_values(&peer)
+                .set((p.counts.pending + p.counts.sent) as i64);
+            m.peer_dead_letters
+                .with_label_values(&peer)
+                .set(p.counts.dead as i64);
+            m.peer_connected
+                .with_label_values(&peer)
+                .set(i64::from(p.connected));
+            if let Some(rtt) = p.rtt_ms {
+                m.peer_rtt.with_label_values(&peer).set(rtt / 1000.0);
+            }
+        }
+        m.uptime.set(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// One peer in `/status`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerStatus {
+    /// Instance id, or `url:<url>` for a configured peer not met yet.
+    pub id: String,
+    pub url: Option<String>,
+    pub tags: Vec<String>,
+    pub connected: bool,
+    pub connections: Vec<crate::peers::ConnInfo>,
+    pub last_seen_unix_ms: Option<u64>,
+    pub rtt_ms: Option<f64>,
+    #[serde(flatten)]
+    pub counts: PeerCounts,
+    /// The dialer of a configured peer: its circuit.
+    pub dialer: Option<CircuitView>,
 }

@@ -29,6 +29,8 @@ pub struct ConnInfo {
     pub id: u64,
     pub direction: Direction,
     pub remote: String,
+    /// Round trip of the last WebSocket ping on this connection.
+    pub rtt_ms: Option<f64>,
 }
 
 struct Entry {
@@ -91,6 +93,16 @@ impl Peers {
             entry.delivery.tx.clone()
         };
         let _ = tx.send(DeliveryCmd::Detach(conn_id)).await;
+    }
+
+    /// Records a ping round trip on one of a peer's connections.
+    pub fn set_rtt(&self, key: &str, conn_id: u64, rtt_ms: f64) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.last_seen = Some(SystemTime::now());
+            if let Some(c) = entry.connections.iter_mut().find(|c| c.id == conn_id) {
+                c.rtt_ms = Some(rtt_ms);
+            }
+        }
     }
 
     pub async fn acked(&self, key: &str, ids: Vec<String>) {

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
+use crate::telemetry::Metrics;
 use crate::{http, net, telemetry};
 
 /// How long shutdown waits for tasks before giving up on them.
@@ -42,11 +43,13 @@ pub struct RunningNode {
 /// Opens the database, binds both listeners, dials the configured peers, and returns once
 /// the node serves.
 pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
-    let storage = Storage::open(
-        &cfg.storage_path,
-        cfg.instance_id.as_deref(),
-        StorageOptions::default(),
-    )?;
+    let metrics = Metrics::new();
+    let batch = metrics.commit_batch.clone();
+    let opts = StorageOptions {
+        on_commit: Some(Arc::new(move |ops| batch.observe(ops as f64))),
+        ..StorageOptions::default()
+    };
+    let storage = Storage::open(&cfg.storage_path, cfg.instance_id.as_deref(), opts)?;
     let ws = TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| StartError::Listen {
@@ -70,7 +73,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
             addr: cfg.http_addr,
             source,
         })?;
-    let node = Node::new(cfg, storage).await?;
+    let node = Node::new(cfg, storage, metrics).await?;
     node.tracker
         .spawn(net::listener::accept_loop(node.clone(), ws));
     node.tracker.spawn(http::serve(node.clone(), http_listener));

@@ -120,7 +120,7 @@ pub struct DeadLetter {
 }
 
 /// Delivery counts for one peer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PeerCounts {
     pub pending: u64,
     pub sent: u64,
@@ -135,9 +135,14 @@ pub struct WriterStats {
     pub ops: std::sync::atomic::AtomicU64,
 }
 
+/// Called after each commit with the number of operations it carried.
+pub type CommitObserver = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// Tuning for the writer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StorageOptions {
+    /// Told the size of every commit (for a batch-size histogram).
+    pub on_commit: Option<CommitObserver>,
     /// Most operations grouped into one transaction.
     pub max_batch: usize,
     /// Capacity of the writer's queue; callers wait when it is full (backpressure).
@@ -147,6 +152,7 @@ pub struct StorageOptions {
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
+            on_commit: None,
             max_batch: 1024,
             queue: 16 * 1024,
         }
@@ -207,7 +213,13 @@ impl Storage {
         let reader = open_conn(&file)?;
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer::new(conn, rx, opts.max_batch.max(1), stats.clone());
+        let writer = Writer::new(
+            conn,
+            rx,
+            opts.max_batch.max(1),
+            stats.clone(),
+            opts.on_commit.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("slipstream-writer".into())
             .spawn(move || writer.run())

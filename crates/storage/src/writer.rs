@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::{now_ms, PeerRow, Record, Recorded, Result, StorageError, WriterStats};
+use crate::{now_ms, CommitObserver, PeerRow, Record, Recorded, Result, StorageError, WriterStats};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -48,6 +48,7 @@ pub(crate) struct Writer {
     rx: mpsc::Receiver<WriterOp>,
     max_batch: usize,
     stats: Arc<WriterStats>,
+    on_commit: Option<CommitObserver>,
 }
 
 impl Writer {
@@ -56,12 +57,14 @@ impl Writer {
         rx: mpsc::Receiver<WriterOp>,
         max_batch: usize,
         stats: Arc<WriterStats>,
+        on_commit: Option<CommitObserver>,
     ) -> Self {
         Writer {
             conn,
             rx,
             max_batch,
             stats,
+            on_commit,
         }
     }
 
@@ -99,6 +102,9 @@ impl Writer {
             self.stats
                 .ops
                 .fetch_add(answers.len() as u64, Ordering::Relaxed);
+            if let Some(observe) = &self.on_commit {
+                observe(answers.len());
+            }
             Ok(())
         })();
         // Ops not reached because the transaction could not even begin get the error too.

@@ -234,7 +234,19 @@ impl Conn {
                 return Ok(());
             }
             WsMessage::Close(_) => return Err(End::Closed),
-            // Pongs only refresh `last_rx`; pings are answered by the WebSocket layer.
+            WsMessage::Pong(payload) => {
+                // Our pings carry the send time (microseconds since the node started).
+                if let (Ok(bytes), Who::Peer(key)) = (<[u8; 8]>::try_from(&payload[..]), &self.who)
+                {
+                    let sent = u64::from_be_bytes(bytes);
+                    let now = self.node.started.elapsed().as_micros() as u64;
+                    self.node
+                        .peers
+                        .set_rtt(key, self.id, now.saturating_sub(sent) as f64 / 1000.0);
+                }
+                return Ok(());
+            }
+            // Pings are answered by the WebSocket layer.
             _ => return Ok(()),
         };
         let items = match decode_frame(text.as_str(), &self.node.cfg.limits) {
@@ -326,6 +338,7 @@ impl Conn {
             id: self.id,
             direction: self.ctx.direction,
             remote: self.ctx.remote.clone(),
+            rtt_ms: None,
         };
         self.node.peers.attach(&self.node, &key, handle, info).await;
         tracing::info!(instance_id = %self.node.id, peer = %key, remote = %self.ctx.remote, direction = ?self.ctx.direction, "peer connected");
@@ -382,7 +395,9 @@ impl Conn {
             tracing::info!(instance_id = %self.node.id, conn = self.id, remote = %self.ctx.remote, "no frame for three heartbeats; closing");
             return Err(End::Close(CloseCode::Away, "heartbeat timeout".into()));
         }
-        self.out.push(WsMessage::Ping(Vec::new().into()));
+        let now = self.node.started.elapsed().as_micros() as u64;
+        self.out
+            .push(WsMessage::Ping(now.to_be_bytes().to_vec().into()));
         Ok(())
     }
 

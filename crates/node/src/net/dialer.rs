@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use super::backoff::Backoff;
+use super::backoff::{Backoff, Circuit};
 use super::connection::{serve, ConnCtx};
 use super::ws_config;
 use crate::config::PeerConfig;
-use crate::node::Node;
+use crate::node::{CircuitView, Node};
 use crate::peers::Direction;
 use crate::telemetry;
 
@@ -26,7 +26,8 @@ pub async fn dial_loop(node: Arc<Node>, peer: PeerConfig) {
         cfg.circuit_cooldown,
     );
     loop {
-        let wait = match dial(&node, &peer).await {
+        let result = dial(&node, &peer).await;
+        let wait = match &result {
             Ok(()) => {
                 // Connected, served, and lost (or shutting down).
                 if backoff.succeeded() {
@@ -49,10 +50,21 @@ pub async fn dial_loop(node: Arc<Node>, peer: PeerConfig) {
                         after.wait.as_secs_f64(),
                     );
                 }
-                telemetry::reconnect(&node, &peer.url, &error, after.wait.as_secs_f64());
+                telemetry::reconnect(&node, &peer.url, error, after.wait.as_secs_f64());
                 after.wait
             }
         };
+        node.set_circuit(
+            &peer.url,
+            CircuitView {
+                circuit: match backoff.circuit() {
+                    Circuit::Closed => "closed",
+                    Circuit::Open => "open",
+                },
+                consecutive_failures: backoff.failures(),
+                last_error: result.err(),
+            },
+        );
         tokio::select! {
             _ = node.shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
