@@ -1,5 +1,6 @@
 //! The `slipstream` binary.
 
+mod admin;
 mod client;
 mod dev;
 
@@ -29,6 +30,10 @@ enum Command {
     Publish(client::PublishArgs),
     /// Read one key from a node, as a local application would.
     Get(client::GetArgs),
+    /// Show a node's peers, links, outboxes and dead letters as a table.
+    Status(admin::StatusArgs),
+    /// List, replay or purge a node's dead letters.
+    Dlq(admin::DlqArgs),
 }
 
 /// The settings of SPEC §2. Values are validated after parsing so that an error names the
@@ -159,6 +164,8 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(args).await,
             Command::Publish(args) => client::publish(args).await,
             Command::Get(args) => client::get(args).await,
+            Command::Status(args) => admin::status(args).await,
+            Command::Dlq(args) => admin::dlq(args).await,
         }
     })
 }

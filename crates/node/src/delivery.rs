@@ -4,17 +4,17 @@
 //! send order, sends them in batch frames over whichever connection to that peer is active
 //! (one logical peer per instance id, however many connections), and tracks what is in flight.
 //!
-//! - An unanswered send is sent again after `SLIPSTREAM_RETRY_IN_N_SECONDS`, the wait doubling
-//!   each time (capped at 60 s). A resend goes back to the oldest unanswered row and sends on
-//!   from there in order (go-back-N): simple, ordered, and the receiver's dedup absorbs copies.
+//! - A send not acknowledged within `SLIPSTREAM_RETRY_IN_N_SECONDS` counts one attempt and is
+//!   sent again, the wait doubling each time (capped at 60 s). Only the rows whose wait ran
+//!   out are sent again, ahead of new rows, so every send of a row is counted.
 //! - Attempts count only while a connection is up: when the connection drops, rows in flight
 //!   go back to waiting, with no attempt counted, and are sent again in order on reconnect.
 //! - After `MAX_MESSAGE_REPUBLISH_ATTEMPTS` unanswered sends, the row is dead-lettered.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
+use slipstream_storage::Outgoing;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -36,7 +36,8 @@ pub enum DeliveryCmd {
     Attach(ConnHandle),
     Detach(u64),
     Acked(Vec<String>),
-    /// Rows came back (dead-letter replay): read again from the start.
+    /// Rows came back or moved here (dead-letter replay, `url:` rows renamed): read the outbox
+    /// again from the start.
     Rewind,
 }
 
@@ -44,7 +45,8 @@ struct InFlight {
     message_id: String,
     /// Unanswered sends already counted in the database.
     attempts: u32,
-    deadline: Instant,
+    /// When the current send counts as unanswered; `None` while queued to be sent again.
+    deadline: Option<Instant>,
 }
 
 pub struct DeliveryTask {
@@ -57,6 +59,8 @@ pub struct DeliveryTask {
     /// Highest seq read from the outbox in this attachment.
     cursor: i64,
     inflight: BTreeMap<i64, InFlight>,
+    /// In-flight rows whose wait ran out, to be sent again (before new rows).
+    resend: BTreeSet<i64>,
     by_id: HashMap<String, VecDeque<i64>>,
     /// Whether the outbox may hold rows past the cursor.
     more: bool,
@@ -89,6 +93,7 @@ impl DeliveryTask {
             standby: Vec::new(),
             cursor: 0,
             inflight: BTreeMap::new(),
+            resend: BTreeSet::new(),
             by_id: HashMap::new(),
             more: true,
             next_deadline: None,
@@ -97,9 +102,8 @@ impl DeliveryTask {
 
     pub async fn run(mut self) {
         loop {
-            let can_send = self.active.is_some()
-                && self.more
-                && self.inflight.len() < self.node.cfg.delivery_window;
+            let window_open = self.more && self.inflight.len() < self.node.cfg.delivery_window;
+            let can_send = self.active.is_some() && (window_open || !self.resend.is_empty());
             let deadline = self.next_deadline;
             let conn_tx = self.active.as_ref().map(|c| c.tx.clone());
             let event = tokio::select! {
@@ -158,38 +162,71 @@ impl DeliveryTask {
     fn restart_from_outbox(&mut self) {
         self.cursor = 0;
         self.inflight.clear();
+        self.resend.clear();
         self.by_id.clear();
         self.more = true;
         self.next_deadline = None;
     }
 
-    fn wait_after(&self, attempts: u32) -> Duration {
-        doubled(self.node.cfg.retry_base, attempts)
+    /// Forgets an in-flight row (acknowledged, dead, or no longer open).
+    fn settle(&mut self, seq: i64) {
+        self.resend.remove(&seq);
+        if let Some(f) = self.inflight.remove(&seq) {
+            if let Some(q) = self.by_id.get_mut(&f.message_id) {
+                q.retain(|s| *s != seq);
+                if q.is_empty() {
+                    self.by_id.remove(&f.message_id);
+                }
+            }
+        }
     }
 
-    async fn send_batch(&mut self, permit: mpsc::OwnedPermit<String>) {
+    /// Rows for the next frame: those due again first, else new rows after the cursor.
+    /// `None` when the outbox could not be read.
+    async fn next_rows(&mut self) -> Option<(Vec<Outgoing>, bool)> {
+        let storage = &self.node.storage;
+        if !self.resend.is_empty() {
+            let seqs: Vec<i64> = self.resend.iter().take(MAX_FRAME_ROWS).copied().collect();
+            let rows = match storage.open_deliveries_by_seq(seqs.clone()).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    telemetry::storage_failed(&self.node, "read outbox", &e);
+                    return None;
+                }
+            };
+            // Rows no longer open (acknowledged or dead-lettered meanwhile) are settled.
+            for seq in seqs {
+                if !rows.iter().any(|r| r.seq == seq) {
+                    self.settle(seq);
+                }
+            }
+            return Some((rows, true));
+        }
         let room = self
             .node
             .cfg
             .delivery_window
             .saturating_sub(self.inflight.len())
             .min(MAX_FRAME_ROWS);
-        let rows = match self
-            .node
-            .storage
-            .open_deliveries(&self.peer, self.cursor, room)
-            .await
-        {
-            Ok(rows) => rows,
+        match storage.open_deliveries(&self.peer, self.cursor, room).await {
+            Ok(rows) => {
+                if rows.len() < room {
+                    self.more = false;
+                }
+                Some((rows, false))
+            }
             Err(e) => {
                 telemetry::storage_failed(&self.node, "read outbox", &e);
-                tokio::time::sleep(self.node.cfg.retry_base).await;
-                return;
+                None
             }
-        };
-        if rows.len() < room {
-            self.more = false;
         }
+    }
+
+    async fn send_batch(&mut self, permit: mpsc::OwnedPermit<String>) {
+        let Some((rows, resending)) = self.next_rows().await else {
+            tokio::time::sleep(self.node.cfg.retry_base).await;
+            return;
+        };
         let now = Instant::now();
         let mut bodies = Vec::with_capacity(rows.len());
         let mut types: Vec<(String, u64)> = Vec::new();
@@ -200,33 +237,35 @@ impl DeliveryTask {
         let mut bytes = 2;
         for row in rows {
             if !bodies.is_empty() && bytes + row.body.len() + 1 > budget {
-                self.more = true;
+                self.more |= !resending;
                 break;
             }
             bytes += row.body.len() + 1;
-            self.cursor = self.cursor.max(row.seq);
-            if row.path.contains(&self.peer) {
-                // A configured peer whose id turned out to be on the path already has it.
-                skipped.push(row.seq);
-                continue;
+            if !resending {
+                self.cursor = self.cursor.max(row.seq);
+                if row.path.contains(&self.peer) {
+                    // A configured peer whose id turned out to be on the path already has it.
+                    skipped.push(row.seq);
+                    continue;
+                }
+                self.by_id
+                    .entry(row.message_id.clone())
+                    .or_default()
+                    .push_back(row.seq);
+            } else {
+                self.resend.remove(&row.seq);
+                self.node.metrics.republished.inc();
             }
-            self.by_id
-                .entry(row.message_id.clone())
-                .or_default()
-                .push_back(row.seq);
-            let deadline = now + self.wait_after(row.attempts);
+            let deadline = now + doubled(self.node.cfg.retry_base, row.attempts);
             self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
             self.inflight.insert(
                 row.seq,
                 InFlight {
                     message_id: row.message_id,
                     attempts: row.attempts,
-                    deadline,
+                    deadline: Some(deadline),
                 },
             );
-            if row.attempts > 0 {
-                self.node.metrics.republished.inc();
-            }
             sent.push(row.seq);
             bodies.push(row.body);
             match types.iter_mut().find(|(t, _)| *t == row.msg_type) {
@@ -246,8 +285,10 @@ impl DeliveryTask {
         }
         telemetry::frame_sent(&self.node, &self.peer, &types);
         permit.send(slipstream_protocol::join_encoded(&bodies));
-        if let Err(e) = self.node.storage.mark_sent(sent).await {
-            telemetry::storage_failed(&self.node, "mark sent", &e);
+        if !resending {
+            if let Err(e) = self.node.storage.mark_sent(sent).await {
+                telemetry::storage_failed(&self.node, "mark sent", &e);
+            }
         }
     }
 
@@ -255,15 +296,10 @@ impl DeliveryTask {
         self.node.metrics.acks_received.inc_by(ids.len() as u64);
         let mut seqs = Vec::with_capacity(ids.len());
         for id in ids {
-            // One ACK settles one send: two messages may share an id across cluster groups.
-            if let Some(queue) = self.by_id.get_mut(&id) {
-                if let Some(seq) = queue.pop_front() {
-                    self.inflight.remove(&seq);
-                    seqs.push(seq);
-                }
-                if queue.is_empty() {
-                    self.by_id.remove(&id);
-                }
+            // One ACK settles one row: two messages may share an id across cluster groups.
+            if let Some(&seq) = self.by_id.get(&id).and_then(|q| q.front()) {
+                self.settle(seq);
+                seqs.push(seq);
             }
         }
         if seqs.is_empty() {
@@ -277,36 +313,37 @@ impl DeliveryTask {
 
     async fn on_timeout(&mut self) {
         self.expire().await;
-        self.next_deadline = self.inflight.values().map(|f| f.deadline).min();
+        self.next_deadline = self.inflight.values().filter_map(|f| f.deadline).min();
     }
 
-    /// Counts an attempt against every in-flight row whose wait ran out, dead-letters those
-    /// out of attempts, and goes back to resend the rest.
+    /// Counts an attempt against every row whose wait ran out: those out of attempts are
+    /// dead-lettered, the rest queued to be sent again.
     async fn expire(&mut self) {
         let now = Instant::now();
-        let expired: Vec<i64> = self
-            .inflight
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        if expired.is_empty() {
-            return;
-        }
         let max = self.node.cfg.max_republish_attempts;
         let mut dead = Vec::new();
         let mut retry = Vec::new();
-        for seq in &expired {
-            let f = &self.inflight[seq];
-            if f.attempts + 1 >= max {
-                dead.push((*seq, f.message_id.clone()));
-            } else {
-                retry.push(*seq);
+        for (seq, f) in &self.inflight {
+            if f.deadline.is_some_and(|d| d <= now) {
+                if f.attempts + 1 >= max {
+                    dead.push((*seq, f.message_id.clone()));
+                } else {
+                    retry.push(*seq);
+                }
             }
         }
         let storage = &self.node.storage;
-        if let Err(e) = storage.count_attempt(retry.clone()).await {
-            telemetry::storage_failed(&self.node, "count attempt", &e);
+        if !retry.is_empty() {
+            if let Err(e) = storage.count_attempt(retry.clone()).await {
+                telemetry::storage_failed(&self.node, "count attempt", &e);
+            }
+            for seq in &retry {
+                if let Some(f) = self.inflight.get_mut(seq) {
+                    f.attempts += 1;
+                    f.deadline = None;
+                }
+                self.resend.insert(*seq);
+            }
         }
         if !dead.is_empty() {
             let note = format!("no ACK after {max} sends");
@@ -319,26 +356,9 @@ impl DeliveryTask {
                 }
                 Err(e) => telemetry::storage_failed(&self.node, "mark dead", &e),
             }
-            for (seq, id) in &dead {
-                self.inflight.remove(seq);
-                if let Some(q) = self.by_id.get_mut(id) {
-                    q.retain(|s| s != seq);
-                }
+            for (seq, _) in dead {
+                self.settle(seq);
             }
-        }
-        if let Some(&first) = retry.iter().min() {
-            // Go back to the oldest unanswered row and send on from there, in order.
-            let later: Vec<i64> = self.inflight.range(first..).map(|(s, _)| *s).collect();
-            for seq in later {
-                if let Some(f) = self.inflight.remove(&seq) {
-                    if let Some(q) = self.by_id.get_mut(&f.message_id) {
-                        q.retain(|s| *s != seq);
-                    }
-                }
-            }
-            self.by_id.retain(|_, q| !q.is_empty());
-            self.cursor = first - 1;
-            self.more = true;
         }
     }
 }

@@ -366,31 +366,26 @@ impl Storage {
     ) -> Result<Vec<Outgoing>> {
         let peer = peer.to_owned();
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT d.seq, m.message_id, m.path, m.body, d.attempts, m.msg_type
-                 FROM deliveries d JOIN messages m ON m.id = d.msg
-                 WHERE d.peer = ?1 AND d.seq > ?2 AND d.state IN ('pending', 'sent')
-                 ORDER BY d.seq LIMIT ?3",
-            )?;
-            let rows = st.query_map(params![peer, after_seq, limit as i64], |r| {
-                Ok((
-                    Outgoing {
-                        seq: r.get(0)?,
-                        message_id: r.get(1)?,
-                        path: Vec::new(),
-                        body: r.get(3)?,
-                        attempts: r.get(4)?,
-                        msg_type: r.get(5)?,
-                    },
-                    r.get::<_, String>(2)?,
-                ))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (mut o, path) = row?;
-                o.path = serde_json::from_str(&path)
-                    .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", o.message_id)))?;
-                out.push(o);
+            let mut st = c.prepare_cached(&format!(
+                "{OUTGOING} WHERE d.peer = ?1 AND d.seq > ?2 AND d.state IN ('pending', 'sent') ORDER BY d.seq LIMIT ?3"
+            ))?;
+            let rows = st.query_map(params![peer, after_seq, limit as i64], outgoing_row)?;
+            rows.map(|r| finish_outgoing(r?)).collect()
+        })
+        .await
+    }
+
+    /// These rows, those still open, in seq order (for sending them again).
+    pub async fn open_deliveries_by_seq(&self, seqs: Vec<i64>) -> Result<Vec<Outgoing>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "{OUTGOING} WHERE d.seq = ?1 AND d.state IN ('pending', 'sent')"
+            ))?;
+            let mut out = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                for row in st.query_map(params![seq], outgoing_row)? {
+                    out.push(finish_outgoing(row?)?);
+                }
             }
             Ok(out)
         })
@@ -477,6 +472,24 @@ impl Storage {
         .await
     }
 
+    /// The seqs of dead rows of these message ids.
+    pub async fn dead_seqs(&self, message_ids: Vec<String>) -> Result<Vec<i64>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.seq FROM deliveries d JOIN messages m ON m.id = d.msg
+                 WHERE d.state = 'dead' AND m.message_id = ?1 ORDER BY d.seq",
+            )?;
+            let mut out = Vec::new();
+            for id in &message_ids {
+                for seq in st.query_map(params![id], |r| r.get(0))? {
+                    out.push(seq?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Delivery counts per peer.
     pub async fn peer_counts(&self) -> Result<Vec<(String, PeerCounts)>> {
         self.read(|c| {
@@ -541,6 +554,31 @@ impl Storage {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// The columns of an [`Outgoing`] row.
+const OUTGOING: &str = "SELECT d.seq, m.message_id, m.path, m.body, d.attempts, m.msg_type
+     FROM deliveries d JOIN messages m ON m.id = d.msg";
+
+/// An [`Outgoing`] with its path still JSON text.
+fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Outgoing, String)> {
+    Ok((
+        Outgoing {
+            seq: r.get(0)?,
+            message_id: r.get(1)?,
+            path: Vec::new(),
+            body: r.get(3)?,
+            attempts: r.get(4)?,
+            msg_type: r.get(5)?,
+        },
+        r.get(2)?,
+    ))
+}
+
+fn finish_outgoing((mut o, path): (Outgoing, String)) -> Result<Outgoing> {
+    o.path = serde_json::from_str(&path)
+        .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", o.message_id)))?;
+    Ok(o)
 }
 
 fn open_conn(file: &Path) -> Result<Connection> {

@@ -180,6 +180,18 @@ async fn delivery_rows_move_through_their_states_in_order() {
         "after a cursor"
     );
     s.count_attempt(vec![seqs[3]]).await.unwrap();
+    let again = s
+        .open_deliveries_by_seq(vec![seqs[4], seqs[0], seqs[3]])
+        .await
+        .unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|o| (o.seq, o.attempts))
+            .collect::<Vec<_>>(),
+        vec![(seqs[4], 0), (seqs[3], 1)],
+        "acked rows drop out"
+    );
     s.mark_dead(vec![seqs[3]], "no ack after 3 sends".into())
         .await
         .unwrap();
@@ -213,6 +225,10 @@ async fn delivery_rows_move_through_their_states_in_order() {
         ),
         ("m3", 2, "b"),
         "the final unanswered send counts too"
+    );
+    assert_eq!(
+        s.dead_seqs(vec!["m3".into(), "m0".into()]).await.unwrap(),
+        vec![seqs[3]]
     );
     assert_eq!(
         s.replay_dead(None).await.unwrap(),

@@ -111,6 +111,14 @@ async fn dial(node: &Arc<Node>, peer: &PeerConfig) -> Result<(), String> {
         .await
         .map_err(|_| "WebSocket handshake timed out".to_owned())?
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    node.set_circuit(
+        &peer.url,
+        CircuitView {
+            circuit: "closed",
+            consecutive_failures: 0,
+            last_error: None,
+        },
+    );
     let ctx = ConnCtx {
         direction: Direction::Outbound,
         remote,

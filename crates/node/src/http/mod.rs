@@ -1,0 +1,311 @@
+//! The HTTP API on `METRICS_PORT` (SPEC §8).
+//!
+//! Read-only endpoints are open (scrapers, load balancers). Mutating admin endpoints
+//! (`PUT /log-level`, `POST /dlq/replay`, `DELETE /dlq`) need `SLIPSTREAM_ADMIN_TOKEN` as a
+//! bearer token when it is set, and answer only loopback clients when it is not.
+//! `POST /v1/messages` is the application API, open like the WebSocket listener.
+
+// Handlers return early with a ready `Response` as the error, the usual axum shape.
+#![allow(clippy::result_large_err)]
+
+pub mod client;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use slipstream_protocol::{decode_frame, MessageType};
+use slipstream_router::Sender;
+use tokio::net::TcpListener;
+
+use crate::net::token_matches;
+use crate::node::{Committed, Node, Outcome};
+use crate::telemetry::logging;
+
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    let shutdown = node.shutdown.clone();
+    let app = router(node.clone());
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
+        tracing::error!(instance_id = %node.id, error = %e, "HTTP server failed");
+    }
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ready", get(ready))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/dlq", get(dlq).delete(purge_dlq))
+        .route("/dlq/replay", post(replay_dlq))
+        .route("/log-level", get(get_log_level).put(put_log_level))
+        .route("/v1/messages", post(publish))
+        .route("/v1/keys/{key}", get(get_key))
+        .with_state(node)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    if node.ready.load(Ordering::SeqCst) {
+        Json(json!({"ready": true})).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "starting or shutting down"})),
+        )
+            .into_response()
+    }
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Response {
+    Json(node.status().await).into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.refresh_gauges().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Page {
+    offset: Option<u64>,
+    limit: Option<u64>,
+}
+
+async fn dlq(State(node): State<Arc<Node>>, Query(page): Query<Page>) -> Response {
+    let offset = page.offset.unwrap_or(0);
+    let limit = page.limit.unwrap_or(100).min(1000);
+    match node.storage.dead_letters(offset, limit).await {
+        Ok(rows) => {
+            Json(json!({"offset": offset, "limit": limit, "deadLetters": rows})).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Publishes like a local app: one message object or an array of them. Answers after every
+/// write is recorded (200), or names the first invalid message and records nothing (400).
+async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body is not UTF-8 text");
+    };
+    let single = text.trim_start().starts_with('{');
+    let items = match decode_frame(text, &node.cfg.limits) {
+        Ok(items) => items,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut messages = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        match item {
+            Ok(m) if matches!(m.message_type(), MessageType::Sk | MessageType::Sa | MessageType::Sw) => messages.push(m),
+            Ok(m) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("message {i}: type {} cannot be published; use SK, SA or SW (read with GET /v1/keys/{{key}})", m.message_type().as_str()),
+                )
+            }
+            Err(invalid) => return error(StatusCode::BAD_REQUEST, format!("message {i}: {}", invalid.reason)),
+        }
+    }
+    let mut waiting = Vec::with_capacity(messages.len());
+    for m in messages {
+        waiting.push(node.ingest(&Sender::Client, m).await);
+    }
+    let mut results = Vec::with_capacity(waiting.len());
+    for outcome in waiting {
+        let (id, status) = match outcome {
+            Outcome::Ack(id) => (id, "duplicate"),
+            Outcome::Commit(fut) => match fut.await {
+                Committed::Ack {
+                    message_id,
+                    duplicate,
+                } => (message_id, if duplicate { "duplicate" } else { "recorded" }),
+                Committed::Failed {
+                    message_id,
+                    error: e,
+                } => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("message {message_id}: {e}"),
+                    )
+                }
+            },
+            Outcome::Nack { error: e, .. } => return error(StatusCode::BAD_REQUEST, e),
+            Outcome::Reply(_) => unreachable!("only writes are published"),
+        };
+        results.push(json!({"messageId": id, "status": status}));
+    }
+    if single {
+        Json(results.pop().unwrap_or_default()).into_response()
+    } else {
+        Json(json!({ "results": results })).into_response()
+    }
+}
+
+async fn get_key(State(node): State<Arc<Node>>, Path(key): Path<String>) -> Response {
+    match node.get_json(&key).await {
+        Ok(Some(v)) => Json(v).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("key {key:?} not found")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Lets a mutating admin request through, or answers it with 401 or 403.
+fn admin(node: &Node, headers: &HeaderMap, peer: SocketAddr) -> Result<(), Response> {
+    match &node.cfg.admin_token {
+        Some(expected) => {
+            let presented = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if token_matches(presented, expected) {
+                Ok(())
+            } else {
+                tracing::error!(instance_id = %node.id, remote = %peer, "admin request refused: missing or wrong bearer token");
+                Err(error(
+                    StatusCode::UNAUTHORIZED,
+                    "this endpoint needs the admin bearer token",
+                ))
+            }
+        }
+        None if peer.ip().is_loopback() => Ok(()),
+        None => {
+            tracing::error!(instance_id = %node.id, remote = %peer, "admin request refused: not loopback and no admin token configured");
+            Err(error(
+                StatusCode::FORBIDDEN,
+                "admin endpoints answer loopback clients only unless SLIPSTREAM_ADMIN_TOKEN is set",
+            ))
+        }
+    }
+}
+
+/// Parses an optional JSON body, naming what is wrong.
+fn json_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")))
+}
+
+async fn get_log_level() -> Response {
+    match logging::current() {
+        Some(s) => Json(s).into_response(),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process has no logger installed",
+        ),
+    }
+}
+
+async fn put_log_level(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = admin(&node, &headers, peer) {
+        return r;
+    }
+    let change: logging::LogChange = match json_body(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match logging::change(change) {
+        Some(s) => {
+            tracing::info!(instance_id = %node.id, level = ?s.level, message_logs = s.message_logs, "log settings changed");
+            Json(s).into_response()
+        }
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this process has no logger installed",
+        ),
+    }
+}
+
+/// `POST /dlq/replay`: `{}` (or no body) replays every dead letter; `{"seqs":[…]}` or
+/// `{"messageIds":[…]}` picks some.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Replay {
+    seqs: Option<Vec<i64>>,
+    message_ids: Option<Vec<String>>,
+}
+
+async fn replay_dlq(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(r) = admin(&node, &headers, peer) {
+        return r;
+    }
+    let pick: Replay = match json_body(&body) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let seqs = match (pick.seqs, pick.message_ids) {
+        (Some(_), Some(_)) => {
+            return error(StatusCode::BAD_REQUEST, "give seqs or messageIds, not both")
+        }
+        (Some(seqs), None) => Some(seqs),
+        (None, Some(ids)) => match node.storage.dead_seqs(ids).await {
+            Ok(seqs) => Some(seqs),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        (None, None) => None,
+    };
+    match node.storage.replay_dead(seqs).await {
+        Ok(peers) => {
+            let mut replayed = 0;
+            for (p, n) in &peers {
+                replayed += n;
+                node.peers.rewind(p).await;
+            }
+            tracing::info!(instance_id = %node.id, replayed, "dead letters replayed");
+            Json(json!({ "replayed": replayed })).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn purge_dlq(
+    State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = admin(&node, &headers, peer) {
+        return r;
+    }
+    match node.storage.purge_dead().await {
+        Ok(purged) => {
+            tracing::info!(instance_id = %node.id, purged, "dead letters purged");
+            Json(json!({ "purged": purged })).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
