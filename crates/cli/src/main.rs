@@ -80,9 +80,22 @@ struct RunArgs {
     /// Stamped on messages that originate here without one. Default: singleton
     #[arg(long, env = "SLIPSTREAM_CLUSTER_GROUP_ID")]
     cluster_group_id: Option<String>,
-    /// Apply writes to this Redis instead of the embedded store (not available yet)
+    /// Apply writes to this Redis (redis:// or rediss://, with user, password and db number:
+    /// redis://:secret@host:6379/2) instead of the embedded SQLite store. Default: embedded
     #[arg(long, env = "SLIPSTREAM_REDIS_URL")]
     redis_url: Option<String>,
+    /// Prefix of Slipstream's own keys in Redis: versions at <prefix>v:<key>. Default: slipstream:
+    #[arg(long, env = "SLIPSTREAM_REDIS_PREFIX")]
+    redis_prefix: Option<String>,
+    /// Commands (CMD) this node runs, comma separated, from DEL, EXPIRE, PING. Default: DEL,EXPIRE,PING
+    #[arg(long, env = "SLIPSTREAM_CMD_ALLOW")]
+    cmd_allow: Option<String>,
+    /// Seconds the origin relays answers (RES) of a read or command to the app. Default: 5
+    #[arg(long, env = "SLIPSTREAM_REQUEST_TIMEOUT_SECONDS")]
+    request_timeout_seconds: Option<String>,
+    /// Testing aid: delay each frame to a peer by a random 0..N milliseconds. Default: 0
+    #[arg(long, env = "SLIPSTREAM_DELIVERY_JITTER_MS")]
+    delivery_jitter_ms: Option<String>,
     /// If set, incoming WebSocket upgrades need `Authorization: Bearer <token>`; a comma list
     /// accepts several tokens (for rotation). Default: unset
     #[arg(long, env = "SLIPSTREAM_AUTH_TOKEN")]
@@ -139,6 +152,10 @@ impl RunArgs {
             circuit_cooldown_seconds: self.circuit_cooldown_seconds,
             retention_seconds: self.retention_seconds,
             max_frame_bytes: self.max_frame_bytes,
+            redis_prefix: self.redis_prefix,
+            cmd_allow: self.cmd_allow,
+            request_timeout_seconds: self.request_timeout_seconds,
+            delivery_jitter_ms: self.delivery_jitter_ms,
         }
     }
 }

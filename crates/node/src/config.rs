@@ -78,6 +78,10 @@ pub struct RawConfig {
     pub circuit_cooldown_seconds: Option<String>,
     pub retention_seconds: Option<String>,
     pub max_frame_bytes: Option<String>,
+    pub redis_prefix: Option<String>,
+    pub cmd_allow: Option<String>,
+    pub request_timeout_seconds: Option<String>,
+    pub delivery_jitter_ms: Option<String>,
 }
 
 /// The validated configuration of one node.
@@ -104,6 +108,16 @@ pub struct Config {
     pub limits: Limits,
     /// Most unacknowledged messages in flight to one peer.
     pub delivery_window: usize,
+    /// Apply writes to this Redis instead of the embedded store.
+    pub redis_url: Option<String>,
+    /// Prefix of Slipstream's own keys in Redis (versions and tombstones).
+    pub redis_prefix: String,
+    /// Commands this node runs (upper case).
+    pub cmd_allow: Vec<String>,
+    /// How long the origin relays `RES` answers of a request to the app that asked.
+    pub request_timeout: Duration,
+    /// Testing aid: each frame to a peer waits a random 0..this before it is sent.
+    pub delivery_jitter: Duration,
 }
 
 impl Config {
@@ -129,6 +143,11 @@ impl Config {
             retention: Duration::from_secs(24 * 3600),
             limits: Limits::default(),
             delivery_window: 1024,
+            redis_url: None,
+            redis_prefix: "slipstream:".to_owned(),
+            cmd_allow: vec!["DEL".into(), "EXPIRE".into(), "PING".into()],
+            request_timeout: Duration::from_secs(5),
+            delivery_jitter: Duration::ZERO,
         }
     }
 
@@ -137,11 +156,43 @@ impl Config {
             None | Some("") => Vec::new(),
             Some(text) => parse_url_config(text)?,
         };
-        if let Some(url) = &raw.redis_url {
-            if !url.is_empty() {
+        let redis_url = non_empty(&raw.redis_url);
+        if let Some(url) = &redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return Err(invalid(
                     "SLIPSTREAM_REDIS_URL",
-                    "the Redis store is not available in this version yet; unset it to use the embedded store",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+            redis::Client::open(url.as_str()).map_err(|e| {
+                invalid(
+                    "SLIPSTREAM_REDIS_URL",
+                    format!("is not a valid Redis URL: {e}"),
+                )
+            })?;
+        }
+        let redis_prefix = raw
+            .redis_prefix
+            .clone()
+            .unwrap_or_else(|| "slipstream:".to_owned());
+        if redis_prefix.is_empty() {
+            return Err(invalid(
+                "SLIPSTREAM_REDIS_PREFIX",
+                "must not be empty: Slipstream's keys would mix with the application's",
+            ));
+        }
+        let cmd_allow: Vec<String> = match &raw.cmd_allow {
+            None => vec!["DEL".into(), "EXPIRE".into(), "PING".into()],
+            Some(list) => parse_list(&Some(list.clone()))
+                .into_iter()
+                .map(|c| c.to_ascii_uppercase())
+                .collect(),
+        };
+        for c in &cmd_allow {
+            if !matches!(c.as_str(), "DEL" | "EXPIRE" | "PING") {
+                return Err(invalid(
+                    "SLIPSTREAM_CMD_ALLOW",
+                    format!("{c:?} is not a command Slipstream can run (DEL, EXPIRE, PING)"),
                 ));
             }
         }
@@ -249,6 +300,19 @@ impl Config {
                 ..Limits::default()
             },
             delivery_window: 1024,
+            redis_url,
+            redis_prefix,
+            cmd_allow,
+            request_timeout: parse_secs(
+                &raw.request_timeout_seconds,
+                "SLIPSTREAM_REQUEST_TIMEOUT_SECONDS",
+                5.0,
+            )?,
+            delivery_jitter: Duration::from_millis(parse_num(
+                &raw.delivery_jitter_ms,
+                "SLIPSTREAM_DELIVERY_JITTER_MS",
+                0,
+            )?),
         })
     }
 }

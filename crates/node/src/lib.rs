@@ -21,7 +21,9 @@ pub mod http;
 pub mod net;
 pub mod node;
 pub mod peers;
+pub mod requests;
 pub mod runtime;
+pub mod store;
 pub mod telemetry;
 
 pub use config::{Config, ConfigError, PeerConfig, RawConfig};

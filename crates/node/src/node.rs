@@ -12,15 +12,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use slipstream_protocol::{Body, Message, Response};
-use slipstream_router::{Decision, KnownPeer, Router, RouterConfig, Sender, URL_KEY_PREFIX};
-use slipstream_storage::{now_ms, PeerCounts, PeerRow, Record, Recorded, Storage, StorageError};
+use slipstream_protocol::{Body, Hlc, Message, Response};
+use slipstream_router::{
+    Accepted, Decision, KnownPeer, Router, RouterConfig, Sender, URL_KEY_PREFIX,
+};
+use slipstream_storage::{
+    now_ms, Apply, PeerCounts, PeerRow, Record, Recorded, Storage, StorageError, StoredValue,
+};
 use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::peers::{PeerView, Peers};
+use crate::requests::{ReplySink, Requests};
+use crate::store::{self, redis::RedisStore};
 use crate::telemetry::{self, Metrics};
 
 /// What the caller should do with a message it handed in.
@@ -34,6 +40,8 @@ pub enum Outcome {
     },
     /// Answer with this message (a `RES`).
     Reply(Box<Message>),
+    /// Nothing to send back (a read from a peer: its answers travel on their own).
+    Done,
     /// Wait for the commit, then acknowledge (or report the failure).
     Commit(Pin<Box<dyn Future<Output = Committed> + Send>>),
 }
@@ -71,6 +79,12 @@ pub struct Node {
     /// Configured peer URL → its dialer's circuit, for `/status`.
     circuits: Mutex<HashMap<String, CircuitView>>,
     next_conn: AtomicU64,
+    /// The Redis store, when `SLIPSTREAM_REDIS_URL` is set (else the embedded store).
+    pub redis: Option<Arc<RedisStore>>,
+    /// Wakes the Redis applier when writes were queued.
+    pub apply_wake: Arc<tokio::sync::Notify>,
+    store_error: Mutex<Option<String>>,
+    pub requests: Requests,
     pub started: Instant,
     pub ready: AtomicBool,
 }
@@ -80,7 +94,9 @@ impl Node {
         cfg: Config,
         storage: Storage,
         metrics: Metrics,
+        redis: Option<Arc<RedisStore>>,
     ) -> Result<Arc<Node>, StorageError> {
+        let request_timeout = cfg.request_timeout;
         let id = storage.instance_id().to_owned();
         let mut rc = RouterConfig::new(id.clone());
         rc.tags = cfg.tags.clone();
@@ -135,6 +151,10 @@ impl Node {
             tracker: TaskTracker::new(),
             url_keys: Mutex::new(url_keys),
             next_conn: AtomicU64::new(1),
+            redis,
+            apply_wake: Arc::default(),
+            store_error: Mutex::new(None),
+            requests: Requests::new(request_timeout),
             started: Instant::now(),
             ready: AtomicBool::new(false),
         }))
@@ -208,28 +228,55 @@ impl Node {
         id.to_owned()
     }
 
-    /// Handles a write or a read from a local app or a peer.
-    pub async fn ingest(self: &Arc<Self>, from: &Sender, msg: Message) -> Outcome {
-        match &msg.body {
-            Body::Set { .. } => {}
-            Body::Get { .. } => return Outcome::Reply(Box::new(self.read_local(&msg).await)),
-            Body::Command { command, .. } => {
-                let res = Response {
-                    in_reply_to: msg.env.message_id.clone().unwrap_or_default(),
-                    instance_id: Some(self.id.clone()),
-                    error: Some(format!("command {command:?} refused: commands are not available in this version yet")),
-                    ..Response::default()
-                };
-                tracing::error!(instance_id = %self.id, command = %command, "command refused: not available yet");
-                return Outcome::Reply(Box::new(self.reply(res)));
-            }
+    /// Handles a write, a read or a command from a local app or a peer. `reply` is where the
+    /// answers (`RES`) of a local app's read or command go.
+    pub async fn ingest(
+        self: &Arc<Self>,
+        from: &Sender,
+        msg: Message,
+        reply: Option<ReplySink>,
+    ) -> Outcome {
+        let command = match &msg.body {
+            Body::Set { .. } | Body::Get { .. } => None,
+            Body::Command { command, .. } => Some(command.to_ascii_uppercase()),
             _ => {
                 return Outcome::Nack {
                     message_id: msg.env.message_id.clone(),
-                    error: format!("{} is not a write or a read", msg.message_type().as_str()),
+                    error: format!(
+                        "{} is not a write, a read or a command",
+                        msg.message_type().as_str()
+                    ),
                 }
             }
+        };
+        let apply = match store::apply_of(&msg) {
+            Ok(a) => a,
+            Err(e) => {
+                telemetry::invalid(self, from, &e);
+                return Outcome::Nack {
+                    message_id: msg.env.message_id.clone(),
+                    error: e,
+                };
+            }
+        };
+        let allowed = command
+            .as_ref()
+            .is_none_or(|c| self.cfg.cmd_allow.contains(c));
+        if !allowed && *from == Sender::Client {
+            let c = command.unwrap_or_default();
+            tracing::error!(instance_id = %self.id, command = %c, "command refused: not on this node's allow-list");
+            let res = Response {
+                in_reply_to: msg.env.message_id.clone().unwrap_or_default(),
+                instance_id: Some(self.id.clone()),
+                error: Some(format!(
+                    "command {c} is not allowed on {} (SLIPSTREAM_CMD_ALLOW)",
+                    self.id
+                )),
+                ..Response::default()
+            };
+            return Outcome::Reply(Box::new(self.res_message(vec![self.id.clone()], res)));
         }
+        let is_request = matches!(msg.body, Body::Get { .. }) || command.as_deref() == Some("PING");
         let msg_type = msg.message_type().as_str();
         let decision = self.router().route(from, msg, now_ms());
         let accepted = match decision {
@@ -240,17 +287,84 @@ impl Node {
                     error: invalid.reason,
                 };
             }
+            // Reads are not acknowledged; a looping or repeated one is simply dropped.
+            Decision::Drop { reason, .. } if is_request => {
+                telemetry::dropped(self, reason.as_str(), "");
+                return Outcome::Done;
+            }
             Decision::Drop { reason, message_id } => {
                 telemetry::dropped(self, reason.as_str(), &message_id);
                 return Outcome::Ack(message_id);
             }
             Decision::Accept(a) => a,
         };
-        let body: Arc<str> = accepted.message.encode().into();
-        let apply = match (&accepted.message.body, accepted.apply) {
-            (Body::Set { key, value }, true) => Some((key.clone(), value.clone())),
-            _ => None,
+        if let (Sender::Client, Some(sink)) = (from, reply) {
+            self.requests.expect(accepted.message_id.clone(), sink);
+        }
+        if is_request {
+            return self.request(from, *accepted, command.is_some()).await;
+        }
+        self.record(
+            from,
+            *accepted,
+            msg_type,
+            apply.filter(|_| allowed),
+            command,
+            allowed,
+        )
+        .await
+    }
+
+    /// A read or a `PING`: not stored; forwarded at once to the connected recipients and
+    /// answered here when it applies here.
+    async fn request(self: &Arc<Self>, from: &Sender, a: Accepted, ping: bool) -> Outcome {
+        self.router().mark_seen(&a.message_id, &a.group, now_ms());
+        let frame = a.message.encode();
+        for peer in &a.recipients {
+            self.peers.send_now(peer, &frame);
+        }
+        if !a.apply {
+            return Outcome::Done;
+        }
+        let res = if ping {
+            Response {
+                found: true,
+                value: Some(serde_json::Value::String("PONG".into())),
+                ..Response::default()
+            }
+        } else {
+            self.read_local(&a.message).await
         };
+        match from {
+            Sender::Client => {
+                let res = Response {
+                    in_reply_to: a.message_id,
+                    instance_id: Some(self.id.clone()),
+                    ..res
+                };
+                Outcome::Reply(Box::new(self.res_message(vec![self.id.clone()], res)))
+            }
+            Sender::Peer(_) => {
+                self.answer(&a.message, res);
+                Outcome::Done
+            }
+        }
+    }
+
+    /// A write (`SK`, `SA`, `SW`, `DEL`, `EXPIRE`): recorded durably, then acknowledged,
+    /// applied and delivered.
+    async fn record(
+        self: &Arc<Self>,
+        from: &Sender,
+        accepted: Accepted,
+        msg_type: &'static str,
+        apply: Option<Apply>,
+        command: Option<String>,
+        allowed: bool,
+    ) -> Outcome {
+        let _ = from;
+        let queued = self.redis.is_some();
+        let apply = apply.filter(|_| accepted.apply);
         let record = Record {
             message_id: accepted.message_id.clone(),
             group: accepted.group.clone(),
@@ -263,16 +377,19 @@ impl Node {
                 .unwrap_or_default(),
             hlc: accepted.hlc,
             path: accepted.message.env.message_path.clone(),
-            body,
+            body: accepted.message.encode().into(),
             apply,
+            queue_apply: queued,
             recipients: accepted.recipients,
         };
         let origin = record.origin.clone();
         let message_id = record.message_id.clone();
         let group = record.group.clone();
-        let applied = record.apply.is_some();
+        let applied_now = record.apply.is_some() && !queued;
+        let has_apply = record.apply.is_some();
         let hlc = record.hlc;
         let push = record.body.clone();
+        let request = accepted.message;
         let committed: oneshot::Receiver<_> = match self.storage.submit(record).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -297,10 +414,30 @@ impl Node {
                         msg_type,
                         &origin,
                         &message_id,
-                        applied.then_some(hlc),
+                        applied_now.then_some(hlc),
                     );
                     if changed {
                         let _ = node.clients.send(push);
+                    }
+                    if queued && has_apply {
+                        node.apply_wake.notify_one();
+                    }
+                    if let Some(c) = &command {
+                        if !allowed {
+                            tracing::error!(instance_id = %node.id, command = %c, message_id = %message_id, "command refused: not on this node's allow-list");
+                            node.answer(
+                                &request,
+                                Response {
+                                    error: Some(format!(
+                                        "command {c} is not allowed on {} (SLIPSTREAM_CMD_ALLOW)",
+                                        node.id
+                                    )),
+                                    ..Response::default()
+                                },
+                            );
+                        } else if !queued || !has_apply {
+                            node.answer(&request, command_result(changed));
+                        }
                     }
                     let mut last: Option<&str> = None;
                     for (peer, _) in &deliveries {
@@ -333,47 +470,111 @@ impl Node {
         }))
     }
 
-    fn reply(&self, res: Response) -> Message {
-        let mut m = Message {
-            env: slipstream_protocol::Envelope::from_self(&self.id),
+    /// A `RES` travelling along `path` (the answering node first, the asking one last).
+    fn res_message(&self, path: Vec<String>, res: Response) -> Message {
+        let mut env = slipstream_protocol::Envelope::from_self(&self.id);
+        env.message_path = path;
+        env.message_id = Some(format!("{}-{}", self.id, self.router().stamp(now_ms())));
+        Message {
+            env,
             body: Body::Res(res),
-        };
-        m.env.message_id = Some(format!("{}-{}", self.id, self.router().stamp(now_ms())));
-        m
+        }
     }
 
-    /// Answers a `GK`/`GA`/`GW` from this node's own store.
-    async fn read_local(&self, msg: &Message) -> Message {
-        let Body::Get { kind, key } = &msg.body else {
-            unreachable!("only reads come here")
-        };
-        let mut res = Response {
-            in_reply_to: msg.env.message_id.clone().unwrap_or_default(),
+    /// Answers a request (in the form this node recorded or received it, its path ending
+    /// here): the `RES` goes back along the reversed path to the origin.
+    pub fn answer(&self, request: &Message, res: Response) {
+        let mut path = request.env.message_path.clone();
+        path.reverse();
+        let res = Response {
+            in_reply_to: request.env.message_id.clone().unwrap_or_default(),
             instance_id: Some(self.id.clone()),
-            ..Response::default()
+            ..res
         };
-        match self.storage.get(key).await {
-            Ok(Some(v)) if v.value.kind() == *kind => {
+        self.route_res(self.res_message(path, res));
+    }
+
+    /// Passes a `RES` one hop on along its path, or to the local app that asked.
+    pub fn route_res(&self, res: Message) {
+        let path = &res.env.message_path;
+        let Some(i) = path.iter().position(|p| *p == self.id) else {
+            tracing::debug!(instance_id = %self.id, "RES not for this node dropped");
+            return;
+        };
+        let delivered = match path.get(i + 1) {
+            None => self.requests.deliver(&res),
+            Some(next) => self.peers.send_now(next, &res.encode()),
+        };
+        if !delivered {
+            tracing::debug!(instance_id = %self.id, "RES dropped: the asker is gone or timed out");
+        }
+    }
+
+    /// A write was applied to Redis by the applier.
+    pub fn applied_externally(&self, msg: &Message, changed: bool, hlc: Hlc) {
+        let lag_ms = now_ms().saturating_sub(hlc.millis());
+        self.metrics
+            .replication_latency
+            .observe(lag_ms as f64 / 1000.0);
+        if changed {
+            let _ = self.clients.send(msg.encode().into());
+        }
+        if matches!(msg.body, Body::Command { .. }) {
+            self.answer(msg, command_result(changed));
+        }
+    }
+
+    /// Records whether the store is reachable (`None`) or why not, for `/ready`.
+    pub fn set_store_error(&self, error: Option<String>) {
+        let mut current = self.store_error.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*current, &error) {
+            (None, Some(e)) => {
+                tracing::error!(critical = true, instance_id = %self.id, error = %e, "store unavailable: writes are recorded and their applies wait")
+            }
+            (Some(_), None) => tracing::info!(instance_id = %self.id, "store available again"),
+            _ => {}
+        }
+        *current = error;
+    }
+
+    /// Why the store is unavailable, if it is.
+    pub fn store_error(&self) -> Option<String> {
+        self.store_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A key from the local store (embedded or Redis).
+    pub async fn get_value(&self, key: &str) -> Result<Option<StoredValue>, String> {
+        match &self.redis {
+            Some(r) => r.get(key).await.map_err(|e| format!("redis: {e}")),
+            None => self.storage.get(key).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Answers a `GK`/`GA`/`GW` from this node's own store. Every read returns the value
+    /// stored under the key, whatever its kind.
+    async fn read_local(&self, msg: &Message) -> Response {
+        let Some(key) = msg.key() else {
+            return Response::default();
+        };
+        let mut res = Response::default();
+        match self.get_value(key).await {
+            Ok(Some(v)) => {
                 res.found = true;
                 res.value = Some(v.value.to_json());
                 res.hlc = Some(v.hlc);
             }
-            Ok(Some(v)) => {
-                res.error = Some(format!(
-                    "key {key:?} holds a {} value, not a {}",
-                    v.value.kind().as_str(),
-                    kind.as_str()
-                ));
-            }
             Ok(None) => {}
             Err(e) => res.error = Some(format!("read failed: {e}")),
         }
-        self.reply(res)
+        res
     }
 
     /// A value from the local store, as `GET /v1/keys/{key}` shows it.
-    pub async fn get_json(&self, key: &str) -> Result<Option<serde_json::Value>, StorageError> {
-        Ok(self.storage.get(key).await?.map(|v| {
+    pub async fn get_json(&self, key: &str) -> Result<Option<serde_json::Value>, String> {
+        Ok(self.get_value(key).await?.map(|v| {
             serde_json::json!({
                 "key": v.key,
                 "kind": v.value.kind().as_str(),
@@ -507,4 +708,13 @@ pub struct PeerStatus {
     pub counts: PeerCounts,
     /// The dialer of a configured peer: its circuit.
     pub dialer: Option<CircuitView>,
+}
+
+/// The answer of a `DEL` or `EXPIRE`: 1 when it changed the store, else 0 (as Redis answers).
+fn command_result(changed: bool) -> Response {
+    Response {
+        found: true,
+        value: Some(serde_json::json!(i32::from(changed))),
+        ..Response::default()
+    }
 }

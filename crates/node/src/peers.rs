@@ -36,6 +36,8 @@ pub struct ConnInfo {
 struct Entry {
     delivery: DeliveryHandle,
     connections: Vec<ConnInfo>,
+    /// Frame queues of the live connections, for messages that are not stored (reads, answers).
+    senders: Vec<(u64, mpsc::Sender<String>)>,
     last_seen: Option<SystemTime>,
 }
 
@@ -71,10 +73,12 @@ impl Peers {
                 Entry {
                     delivery: DeliveryHandle { tx, new_rows },
                     connections: Vec::new(),
+                    senders: Vec::new(),
                     last_seen: None,
                 }
             });
             entry.connections.push(info);
+            entry.senders.push((conn.id, conn.tx.clone()));
             entry.last_seen = Some(SystemTime::now());
             entry.delivery.tx.clone()
         };
@@ -89,10 +93,21 @@ impl Peers {
                 return;
             };
             entry.connections.retain(|c| c.id != conn_id);
+            entry.senders.retain(|(id, _)| *id != conn_id);
             entry.last_seen = Some(SystemTime::now());
             entry.delivery.tx.clone()
         };
         let _ = tx.send(DeliveryCmd::Detach(conn_id)).await;
+    }
+
+    /// Sends a frame now over a live connection to the peer, if there is one and it has room.
+    /// For messages that are not stored (reads and their answers): no retry.
+    pub fn send_now(&self, key: &str, frame: &str) -> bool {
+        let tx = self
+            .lock()
+            .get(key)
+            .and_then(|e| e.senders.first().map(|(_, tx)| tx.clone()));
+        tx.is_some_and(|tx| tx.try_send(frame.to_owned()).is_ok())
     }
 
     /// Records a ping round trip on one of a peer's connections.

@@ -11,8 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::node::Node;
+use crate::store::redis::RedisStore;
 use crate::telemetry::Metrics;
-use crate::{http, net, telemetry};
+use crate::{http, net, store, telemetry};
 
 /// How long shutdown waits for tasks before giving up on them.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
@@ -26,6 +27,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("SLIPSTREAM_REDIS_URL: {0}")]
+    Redis(String),
     #[error("METRICS_PORT: cannot listen on {addr}: {source}")]
     Http {
         addr: SocketAddr,
@@ -73,7 +76,21 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
             addr: cfg.http_addr,
             source,
         })?;
-    let node = Node::new(cfg, storage, metrics).await?;
+    let redis = match &cfg.redis_url {
+        Some(url) => Some(Arc::new(
+            RedisStore::new(url, &cfg.redis_prefix, cfg.retry_base)
+                .map_err(|e| StartError::Redis(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let node = Node::new(cfg, storage, metrics, redis.clone()).await?;
+    if let Some(redis) = redis {
+        node.tracker.spawn(store::applier::run(
+            node.clone(),
+            redis,
+            node.apply_wake.clone(),
+        ));
+    }
     node.tracker
         .spawn(net::listener::accept_loop(node.clone(), ws));
     node.tracker.spawn(http::serve(node.clone(), http_listener));
@@ -141,6 +158,9 @@ async fn prune_loop(node: Arc<Node>) {
                 tracing::debug!(instance_id = %node.id, pruned = n, "pruned delivered messages past retention")
             }
             Err(e) => telemetry::storage_failed(&node, "prune", &e),
+        }
+        if let Some(redis) = &node.redis {
+            store::applier::prune(&node, redis).await;
         }
     }
 }

@@ -57,9 +57,40 @@ pub struct Record {
     pub path: Vec<String>,
     /// The encoded message in its forwarded form (shared with the push to local apps).
     pub body: Arc<str>,
-    /// Set when the write applies here (its key and value go to the embedded store).
-    pub apply: Option<(String, Value)>,
+    /// Set when the write applies here.
+    pub apply: Option<Apply>,
+    /// Queue the apply for an external store (Redis) instead of applying it to the embedded
+    /// store in the same transaction.
+    pub queue_apply: bool,
     pub recipients: Vec<String>,
+}
+
+/// What a write does to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Apply {
+    /// Set a value; the last writer wins by version (hlc, origin).
+    Set { key: String, value: Value },
+    /// Delete, leaving a tombstone with the write's version, so a delete and a concurrent set
+    /// resolve the same way on every node.
+    Delete { key: String },
+    /// Expire the key this many seconds after the write is applied here. Not versioned.
+    Expire { key: String, seconds: u64 },
+}
+
+impl Apply {
+    pub fn key(&self) -> &str {
+        match self {
+            Apply::Set { key, .. } | Apply::Delete { key } | Apply::Expire { key, .. } => key,
+        }
+    }
+}
+
+/// A write waiting to be applied to an external store.
+#[derive(Debug, Clone)]
+pub struct QueuedApply {
+    pub seq: i64,
+    /// The recorded message.
+    pub body: String,
 }
 
 /// What recording did.
@@ -306,6 +337,33 @@ impl Storage {
         self.queue(|r| WriterOp::MarkAcked(seqs, note, r)).await
     }
 
+    /// The oldest writes waiting for the external store, in apply order.
+    pub async fn pending_applies(&self, limit: usize) -> Result<Vec<QueuedApply>> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT q.seq, m.body FROM apply_queue q JOIN messages m ON m.id = q.msg ORDER BY q.seq LIMIT ?1",
+            )?;
+            let rows = st.query_map(params![limit as i64], |r| Ok(QueuedApply { seq: r.get(0)?, body: r.get(1)? }))?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// How many writes wait for the external store.
+    pub async fn apply_backlog(&self) -> Result<u64> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM apply_queue", [], |r| {
+                r.get::<_, i64>(0)
+            })? as u64)
+        })
+        .await
+    }
+
+    /// The external store confirmed these applies; waits for the commit.
+    pub async fn applied(&self, seqs: Vec<i64>) -> Result<()> {
+        self.call(|r| WriterOp::Applied(seqs, r)).await
+    }
+
     /// Waits until everything queued before this call is committed.
     pub async fn flush(&self) -> Result<()> {
         self.call(WriterOp::Flush).await
@@ -398,9 +456,10 @@ impl Storage {
         self.read(move |c| {
             let row = c
                 .prepare_cached(
-                    "SELECT kind, value, hlc, origin, message_id FROM kv WHERE key = ?1",
+                    "SELECT kind, value, hlc, origin, message_id FROM kv
+                     WHERE key = ?1 AND kind != 'deleted' AND (expires_at IS NULL OR expires_at > ?2)",
                 )?
-                .query_row(params![key], |r| {
+                .query_row(params![key, now_ms() as i64], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,

@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS peers (
     last_seen INTEGER NOT NULL
 );
 
--- The embedded store: last writer wins by (hlc, origin).
+-- The embedded store: last writer wins by (hlc, origin). A delete leaves a row of kind
+-- 'deleted' (a tombstone) so that it wins or loses against concurrent sets by version like any
+-- write; tombstones and expired rows are pruned after the retention period.
 CREATE TABLE IF NOT EXISTS kv (
     key        TEXT PRIMARY KEY,
     kind       TEXT NOT NULL,
@@ -64,6 +66,14 @@ CREATE TABLE IF NOT EXISTS kv (
     hlc        TEXT NOT NULL,
     origin     TEXT NOT NULL,
     message_id TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    expires_at INTEGER
+);
+
+-- Writes recorded but not yet applied to an external store (Redis), in apply order. A row
+-- leaves only once the store confirmed the apply, so an outage of the store loses nothing.
+CREATE TABLE IF NOT EXISTS apply_queue (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg INTEGER NOT NULL
 );
 ";

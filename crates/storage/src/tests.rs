@@ -17,7 +17,11 @@ fn rec(id: &str, key: &str, value: &str, hlc: u64, origin: &str, recipients: &[&
         hlc: Hlc::new(hlc, 0),
         path: vec![origin.into()],
         body: format!(r#"{{"type":"SK","messageId":"{id}"}}"#).into(),
-        apply: Some((key.into(), Value::String(value.into()))),
+        apply: Some(Apply::Set {
+            key: key.into(),
+            value: Value::String(value.into()),
+        }),
+        queue_apply: false,
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
     }
 }
@@ -136,7 +140,10 @@ async fn embedded_store_keeps_the_last_writer_by_hlc_then_origin() {
         (Value::String("tie-b".into()), "b".into(), Hlc::new(20, 0))
     );
     let mut arr = rec("m4", "list", "", 30, "a", &[]);
-    arr.apply = Some(("list".into(), Value::Array(vec!["x".into(), "y".into()])));
+    arr.apply = Some(Apply::Set {
+        key: "list".into(),
+        value: Value::Array(vec!["x".into(), "y".into()]),
+    });
     s.record(arr).await.unwrap();
     assert_eq!(
         s.get("list").await.unwrap().unwrap().value,
@@ -332,4 +339,108 @@ async fn committed_writes_survive_reopening() {
         s.record(rec("m1", "k", "v", 1, "a", &["b"])).await.unwrap(),
         Recorded::Duplicate
     );
+}
+
+#[tokio::test]
+async fn deletes_leave_tombstones_that_win_or_lose_by_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("set1", "k", "v1", 10, "a", &[]))
+        .await
+        .unwrap();
+    let mut del = rec("del", "k", "", 20, "b", &[]);
+    del.apply = Some(Apply::Delete { key: "k".into() });
+    assert_eq!(
+        s.record(del).await.unwrap(),
+        Recorded::New {
+            changed: true,
+            deliveries: vec![]
+        }
+    );
+    assert_eq!(s.get("k").await.unwrap(), None, "deleted");
+    // A set older than the delete, arriving late, stays deleted; a newer one wins.
+    assert_eq!(
+        s.record(rec("set0", "k", "old", 15, "z", &[]))
+            .await
+            .unwrap(),
+        Recorded::New {
+            changed: false,
+            deliveries: vec![]
+        }
+    );
+    assert_eq!(s.get("k").await.unwrap(), None);
+    s.record(rec("set2", "k", "v2", 30, "a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get("k").await.unwrap().unwrap().value,
+        Value::String("v2".into())
+    );
+    // Tombstones are pruned after retention.
+    let mut del2 = rec("del2", "k2", "", 40, "b", &[]);
+    del2.apply = Some(Apply::Delete { key: "k2".into() });
+    s.record(del2).await.unwrap();
+    s.prune(now_ms() + 1000).await.unwrap();
+    let tombstones: i64 = s
+        .read(|c| {
+            Ok(
+                c.query_row("SELECT COUNT(*) FROM kv WHERE kind = 'deleted'", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(tombstones, 0);
+}
+
+#[tokio::test]
+async fn expire_hides_a_key_once_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("set", "k", "v", 10, "a", &[])).await.unwrap();
+    let mut exp = rec("exp", "k", "", 20, "a", &[]);
+    exp.apply = Some(Apply::Expire {
+        key: "k".into(),
+        seconds: 0,
+    });
+    assert!(matches!(
+        s.record(exp).await.unwrap(),
+        Recorded::New { changed: true, .. }
+    ));
+    assert_eq!(s.get("k").await.unwrap(), None, "expired at once");
+}
+
+#[tokio::test]
+async fn queued_applies_wait_in_order_until_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..3 {
+        let mut r = rec(&format!("q{i}"), "k", "v", i, "a", &[]);
+        r.queue_apply = true;
+        assert_eq!(
+            s.record(r).await.unwrap(),
+            Recorded::New {
+                changed: false,
+                deliveries: vec![]
+            }
+        );
+    }
+    assert_eq!(
+        s.get("k").await.unwrap(),
+        None,
+        "not applied to the embedded store"
+    );
+    let pending = s.pending_applies(10).await.unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(pending[0].body.contains("q0") && pending[2].body.contains("q2"));
+    // Queued messages are not pruned while they wait.
+    s.prune(now_ms() + 1000).await.unwrap();
+    assert_eq!(s.apply_backlog().await.unwrap(), 3);
+    s.applied(vec![pending[0].seq, pending[1].seq])
+        .await
+        .unwrap();
+    let left = s.pending_applies(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].body.contains("q2"));
 }

@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::{now_ms, CommitObserver, PeerRow, Record, Recorded, Result, StorageError, WriterStats};
+use crate::{
+    now_ms, Apply, CommitObserver, PeerRow, Record, Recorded, Result, StorageError, WriterStats,
+};
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -25,6 +27,7 @@ pub(crate) enum WriterOp {
     PurgeDead(Reply<u64>),
     PeerMet(PeerRow, Reply<u64>),
     Prune(u64, Reply<u64>),
+    Applied(Vec<i64>, Reply<()>),
     /// Answered after the commit of everything queued before it.
     Flush(Reply<()>),
     Stop(Reply<()>),
@@ -131,6 +134,7 @@ fn run_failed(op: WriterOp) -> Answer {
         | WriterOp::CountAttempt(_, r)
         | WriterOp::MarkDead(_, _, r)
         | WriterOp::Flush(r)
+        | WriterOp::Applied(_, r)
         | WriterOp::Stop(r) => answer(r, Err(StorageError::Closed)),
         WriterOp::PeerMet(_, r) => answer(r, Err(StorageError::Closed)),
         WriterOp::ReplayDead(_, r) => answer(r, Err(StorageError::Closed)),
@@ -210,11 +214,28 @@ fn run_op(tx: &mut Transaction<'_>, op: WriterOp) -> Answer {
                     "DELETE FROM deliveries WHERE state = 'acked' AND updated_at < ?1",
                     params![before as i64],
                 )?;
+                // Tombstones and expired keys go after the retention period too.
+                c.execute(
+                    "DELETE FROM kv WHERE (kind = 'deleted' AND updated_at < ?1)
+                     OR (expires_at IS NOT NULL AND expires_at < ?1)",
+                    params![before as i64],
+                )?;
                 Ok(c.execute(
                     "DELETE FROM messages WHERE received_at < ?1
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)",
+                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)
+                     AND NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.msg = messages.id)",
                     params![before as i64],
                 )? as u64)
+            }),
+        ),
+        WriterOp::Applied(seqs, reply) => answer(
+            reply,
+            guarded(tx, |c| {
+                let mut st = c.prepare_cached("DELETE FROM apply_queue WHERE seq = ?1")?;
+                for s in &seqs {
+                    st.execute(params![s])?;
+                }
+                Ok(())
             }),
         ),
         WriterOp::Flush(reply) | WriterOp::Stop(reply) => answer(reply, Ok(())),
@@ -265,28 +286,15 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
         return Ok(Recorded::Duplicate);
     }
     let msg = c.last_insert_rowid();
-    let mut changed = false;
-    if let Some((key, value)) = &rec.apply {
-        changed = c
-            .prepare_cached(
-                "INSERT INTO kv (key, kind, value, hlc, origin, message_id, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, value = excluded.value,
-                     hlc = excluded.hlc, origin = excluded.origin,
-                     message_id = excluded.message_id, updated_at = excluded.updated_at
-                 WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)",
-            )?
-            .execute(params![
-                key,
-                value.kind().as_str(),
-                value.to_json().to_string(),
-                rec.hlc.to_string(),
-                rec.origin,
-                rec.message_id,
-                now
-            ])?
-            > 0;
-    }
+    let changed = match &rec.apply {
+        None => false,
+        Some(_) if rec.queue_apply => {
+            c.prepare_cached("INSERT INTO apply_queue (msg) VALUES (?1)")?
+                .execute(params![msg])?;
+            false
+        }
+        Some(apply) => apply_embedded(c, apply, rec, now)?,
+    };
     let mut deliveries = Vec::with_capacity(rec.recipients.len());
     let mut st = c.prepare_cached(
         "INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (?1, ?2, 'pending', 0, ?3)",
@@ -299,6 +307,34 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
         changed,
         deliveries,
     })
+}
+
+/// Applies a write to the embedded store; returns whether the store changed.
+fn apply_embedded(c: &Connection, apply: &Apply, rec: &Record, now: i64) -> Result<bool> {
+    let (key, kind, value) = match apply {
+        Apply::Set { key, value } => (key, value.kind().as_str(), value.to_json().to_string()),
+        Apply::Delete { key } => (key, "deleted", "null".to_owned()),
+        Apply::Expire { key, seconds } => {
+            let at = now.saturating_add((*seconds as i64).saturating_mul(1000));
+            let n = c
+                .prepare_cached(
+                    "UPDATE kv SET expires_at = ?2 WHERE key = ?1 AND kind != 'deleted'",
+                )?
+                .execute(params![key, at])?;
+            return Ok(n > 0);
+        }
+    };
+    let n = c
+        .prepare_cached(
+            "INSERT INTO kv (key, kind, value, hlc, origin, message_id, updated_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+             ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, value = excluded.value,
+                 hlc = excluded.hlc, origin = excluded.origin, message_id = excluded.message_id,
+                 updated_at = excluded.updated_at, expires_at = NULL
+             WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)",
+        )?
+        .execute(params![key, kind, value, rec.hlc.to_string(), rec.origin, rec.message_id, now])?;
+    Ok(n > 0)
 }
 
 fn replay_dead(c: &Connection, seqs: Option<&[i64]>, now: i64) -> Result<Vec<(String, u64)>> {

@@ -22,12 +22,15 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
-use slipstream_protocol::{decode_frame, MessageType};
+use slipstream_protocol::{
+    decode_frame, Body, Envelope, Message, MessageType, Response as Res, ValueKind,
+};
 use slipstream_router::Sender;
 use tokio::net::TcpListener;
 
 use crate::net::token_matches;
 use crate::node::{Committed, Node, Outcome};
+use crate::requests::ReplySink;
 use crate::telemetry::logging;
 
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
@@ -61,14 +64,19 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {
-    if node.ready.load(Ordering::SeqCst) {
-        Json(json!({"ready": true})).into_response()
-    } else {
+    let not_ready = |reason: String| {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"ready": false, "reason": "starting or shutting down"})),
+            Json(json!({"ready": false, "reason": reason})),
         )
             .into_response()
+    };
+    if !node.ready.load(Ordering::SeqCst) {
+        return not_ready("starting or shutting down".into());
+    }
+    match node.store_error() {
+        Some(reason) => not_ready(reason),
+        None => Json(json!({"ready": true})).into_response(),
     }
 }
 
@@ -131,7 +139,7 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
     let mut waiting = Vec::with_capacity(messages.len());
     for m in messages {
-        waiting.push(node.ingest(&Sender::Client, m).await);
+        waiting.push(node.ingest(&Sender::Client, m, None).await);
     }
     let mut results = Vec::with_capacity(waiting.len());
     for outcome in waiting {
@@ -153,7 +161,7 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
                 }
             },
             Outcome::Nack { error: e, .. } => return error(StatusCode::BAD_REQUEST, e),
-            Outcome::Reply(_) => unreachable!("only writes are published"),
+            Outcome::Reply(_) | Outcome::Done => unreachable!("only writes are published"),
         };
         results.push(json!({"messageId": id, "status": status}));
     }
@@ -164,12 +172,88 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
 }
 
-async fn get_key(State(node): State<Arc<Node>>, Path(key): Path<String>) -> Response {
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct KeyQuery {
+    /// `local` (default) or `mesh`.
+    scope: Option<String>,
+    /// For `scope=mesh`: how long to gather answers (default: the request timeout).
+    timeout_ms: Option<u64>,
+}
+
+async fn get_key(
+    State(node): State<Arc<Node>>,
+    Path(key): Path<String>,
+    Query(q): Query<KeyQuery>,
+) -> Response {
+    match q.scope.as_deref() {
+        None | Some("local") => {}
+        Some("mesh") => return mesh_read(node, key, q.timeout_ms).await,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("scope must be local or mesh, got {other:?}"),
+            )
+        }
+    }
     match node.get_json(&key).await {
         Ok(Some(v)) => Json(v).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("key {key:?} not found")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
+}
+
+/// `GET /v1/keys/{key}?scope=mesh`: a `GK` routed to every node, gathering the answers
+/// (this node's included) until every known peer answered or the timeout passed.
+async fn mesh_read(node: Arc<Node>, key: String, timeout_ms: Option<u64>) -> Response {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let msg = Message {
+        env: Envelope::default(),
+        body: Body::Get {
+            kind: ValueKind::String,
+            key: key.clone(),
+        },
+    };
+    let mut answers: Vec<Res> = Vec::new();
+    match node
+        .ingest(&Sender::Client, msg, Some(ReplySink::Collect(tx)))
+        .await
+    {
+        Outcome::Reply(m) => {
+            if let Body::Res(r) = m.body {
+                answers.push(r);
+            }
+        }
+        Outcome::Nack { error: e, .. } => return error(StatusCode::BAD_REQUEST, e),
+        _ => {}
+    }
+    let expected = node.known_peers().len() + 1;
+    let wait = timeout_ms
+        .map(std::time::Duration::from_millis)
+        .unwrap_or(node.cfg.request_timeout)
+        .min(node.cfg.request_timeout);
+    let deadline = tokio::time::Instant::now() + wait;
+    while answers.len() < expected {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(r)) => answers.push(r),
+            _ => break,
+        }
+    }
+    let newest = answers
+        .iter()
+        .filter(|a| a.found)
+        .max_by_key(|a| a.hlc)
+        .and_then(|a| a.instance_id.clone());
+    let answers: Vec<_> = answers
+        .into_iter()
+        .map(|a| {
+            json!({
+                "instanceId": a.instance_id, "found": a.found, "value": a.value,
+                "hlc": a.hlc.map(|h| h.to_string()), "error": a.error,
+            })
+        })
+        .collect();
+    Json(json!({ "key": key, "answers": answers, "newest": newest, "complete": answers.len() >= expected })).into_response()
 }
 
 /// Lets a mutating admin request through, or answers it with 401 or 403.

@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use crate::delivery::ConnHandle;
 use crate::node::{Committed, Node, Outcome};
 use crate::peers::{ConnInfo, Direction};
+use crate::requests::ReplySink;
 use crate::telemetry;
 
 /// Most writes from one connection waiting for their commit; past it, reading pauses.
@@ -290,16 +291,17 @@ impl Conn {
             Body::Nack { error } => {
                 tracing::error!(instance_id = %self.node.id, conn = self.id, message_id = ?msg.env.message_id, error = %error, "peer rejected a message");
             }
-            Body::Res(_) => {
-                tracing::debug!(instance_id = %self.node.id, conn = self.id, "RES ignored: remote reads are not routed yet");
-            }
+            Body::Res(_) => self.node.route_res(msg),
             Body::Hello(_) => unreachable!("handled above"),
             Body::Set { .. } | Body::Get { .. } | Body::Command { .. } => {
-                match self.node.ingest(&self.sender(), msg).await {
+                let reply =
+                    matches!(self.who, Who::Client).then(|| ReplySink::Frames(self.tx.clone()));
+                match self.node.ingest(&self.sender(), msg, reply).await {
                     Outcome::Ack(id) => self.acks.push(id),
                     Outcome::Nack { message_id, error } => self.nack(message_id, error),
                     Outcome::Reply(m) => self.text(m.encode()),
                     Outcome::Commit(fut) => self.commits.push_back(fut),
+                    Outcome::Done => {}
                 }
             }
         }
