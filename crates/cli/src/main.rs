@@ -93,6 +93,10 @@ struct RunArgs {
     /// Seconds the origin relays answers (RES) of a read or command to the app. Default: 5
     #[arg(long, env = "SLIPSTREAM_REQUEST_TIMEOUT_SECONDS")]
     request_timeout_seconds: Option<String>,
+    /// Share dedup through Redis (SET NX with the retention as expiry) with the other nodes of
+    /// the cluster group that use the same Redis. Needs SLIPSTREAM_REDIS_URL. Default: false
+    #[arg(long, env = "SLIPSTREAM_REDIS_DEDUP")]
+    redis_dedup: Option<String>,
     /// Testing aid: delay each frame to a peer by a random 0..N milliseconds. Default: 0
     #[arg(long, env = "SLIPSTREAM_DELIVERY_JITTER_MS")]
     delivery_jitter_ms: Option<String>,
@@ -156,6 +160,7 @@ impl RunArgs {
             cmd_allow: self.cmd_allow,
             request_timeout_seconds: self.request_timeout_seconds,
             delivery_jitter_ms: self.delivery_jitter_ms,
+            redis_dedup: self.redis_dedup,
         }
     }
 }

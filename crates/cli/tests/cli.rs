@@ -62,6 +62,10 @@ fn run_help_lists_every_variable() {
         "SLIPSTREAM_TLS_CERT",
         "SLIPSTREAM_TLS_KEY",
         "SLIPSTREAM_TLS_CLIENT_CA",
+        "SLIPSTREAM_REDIS_PREFIX",
+        "SLIPSTREAM_REDIS_DEDUP",
+        "SLIPSTREAM_CMD_ALLOW",
+        "SLIPSTREAM_REQUEST_TIMEOUT_SECONDS",
     ] {
         assert!(
             help.contains(&format!("env: {var}=")) || help.contains(&format!("env: {var}]")),

@@ -82,6 +82,7 @@ pub struct RawConfig {
     pub cmd_allow: Option<String>,
     pub request_timeout_seconds: Option<String>,
     pub delivery_jitter_ms: Option<String>,
+    pub redis_dedup: Option<String>,
 }
 
 /// The validated configuration of one node.
@@ -118,6 +119,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Testing aid: each frame to a peer waits a random 0..this before it is sent.
     pub delivery_jitter: Duration,
+    /// Share dedup through Redis with the other nodes of the cluster group using it.
+    pub redis_dedup: bool,
 }
 
 impl Config {
@@ -148,6 +151,7 @@ impl Config {
             cmd_allow: vec!["DEL".into(), "EXPIRE".into(), "PING".into()],
             request_timeout: Duration::from_secs(5),
             delivery_jitter: Duration::ZERO,
+            redis_dedup: false,
         }
     }
 
@@ -170,6 +174,12 @@ impl Config {
                     format!("is not a valid Redis URL: {e}"),
                 )
             })?;
+        }
+        if parse_bool(&raw.redis_dedup, "SLIPSTREAM_REDIS_DEDUP", false)? && redis_url.is_none() {
+            return Err(invalid(
+                "SLIPSTREAM_REDIS_DEDUP",
+                "needs SLIPSTREAM_REDIS_URL",
+            ));
         }
         let redis_prefix = raw
             .redis_prefix
@@ -308,6 +318,7 @@ impl Config {
                 "SLIPSTREAM_REQUEST_TIMEOUT_SECONDS",
                 5.0,
             )?,
+            redis_dedup: parse_bool(&raw.redis_dedup, "SLIPSTREAM_REDIS_DEDUP", false)?,
             delivery_jitter: Duration::from_millis(parse_num(
                 &raw.delivery_jitter_ms,
                 "SLIPSTREAM_DELIVERY_JITTER_MS",
@@ -523,6 +534,30 @@ mod tests {
             ..raw()
         });
         assert!(e.starts_with("SLIPSTREAM_LISTEN:"), "{e}");
+        let e = err(RawConfig {
+            redis_url: Some("http://x".into()),
+            ..raw()
+        });
+        assert!(
+            e.starts_with("SLIPSTREAM_REDIS_URL: must start with redis://"),
+            "{e}"
+        );
+        let e = err(RawConfig {
+            cmd_allow: Some("DEL,FLUSHALL".into()),
+            ..raw()
+        });
+        assert!(
+            e.starts_with("SLIPSTREAM_CMD_ALLOW:") && e.contains("FLUSHALL"),
+            "{e}"
+        );
+        let e = err(RawConfig {
+            redis_dedup: Some("true".into()),
+            ..raw()
+        });
+        assert!(
+            e.starts_with("SLIPSTREAM_REDIS_DEDUP: needs SLIPSTREAM_REDIS_URL"),
+            "{e}"
+        );
         let e = err(RawConfig {
             max_message_republish_attempts: Some("0".into()),
             ..raw()

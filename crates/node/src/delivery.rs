@@ -283,6 +283,11 @@ impl DeliveryTask {
         if bodies.is_empty() {
             return;
         }
+        let jitter = self.node.cfg.delivery_jitter;
+        if !jitter.is_zero() {
+            // Testing aid (SLIPSTREAM_DELIVERY_JITTER_MS): reorder deliveries across peers.
+            tokio::time::sleep(jitter.mul_f64(rand::random::<f64>())).await;
+        }
         telemetry::frame_sent(&self.node, &self.peer, &types);
         permit.send(slipstream_protocol::join_encoded(&bodies));
         if !resending {

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use slipstream_protocol::{Body, Hlc, Message, Response};
 use slipstream_router::{
@@ -249,8 +249,14 @@ impl Node {
                 }
             }
         };
+        // A command this node does not run (unknown, or off its allow-list) is answered with a
+        // RES error, not a NACK: the message itself is well formed.
+        let allowed = command
+            .as_ref()
+            .is_none_or(|c| self.cfg.cmd_allow.contains(c));
         let apply = match store::apply_of(&msg) {
             Ok(a) => a,
+            Err(_) if !allowed => None,
             Err(e) => {
                 telemetry::invalid(self, from, &e);
                 return Outcome::Nack {
@@ -259,9 +265,6 @@ impl Node {
                 };
             }
         };
-        let allowed = command
-            .as_ref()
-            .is_none_or(|c| self.cfg.cmd_allow.contains(c));
         if !allowed && *from == Sender::Client {
             let c = command.unwrap_or_default();
             tracing::error!(instance_id = %self.id, command = %c, "command refused: not on this node's allow-list");
@@ -364,6 +367,18 @@ impl Node {
     ) -> Outcome {
         let _ = from;
         let queued = self.redis.is_some();
+        // Shared dedup: nodes of one cluster group sharing a Redis skip what another recorded.
+        // SQLite stays the truth; Redis is only asked when reachable, and marked after commit.
+        let shared_dedup = self.redis.clone().filter(|_| self.cfg.redis_dedup);
+        if let Some(r) = &shared_dedup {
+            let check = r.seen(&accepted.group, &accepted.message_id);
+            if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_millis(200), check).await {
+                self.router()
+                    .mark_seen(&accepted.message_id, &accepted.group, now_ms());
+                telemetry::dropped(self, "duplicate", &accepted.message_id);
+                return Outcome::Ack(accepted.message_id);
+            }
+        }
         let apply = apply.filter(|_| accepted.apply);
         let record = Record {
             message_id: accepted.message_id.clone(),
@@ -409,6 +424,10 @@ impl Node {
                     deliveries,
                 }) => {
                     node.router().mark_seen(&message_id, &group, now_ms());
+                    if let Some(r) = &shared_dedup {
+                        let mark = r.mark_seen(&group, &message_id, node.cfg.retention);
+                        let _ = tokio::time::timeout(Duration::from_millis(200), mark).await;
+                    }
                     telemetry::recorded(
                         &node,
                         msg_type,

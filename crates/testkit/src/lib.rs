@@ -460,3 +460,138 @@ pub fn ack_ids(ack: &Value) -> Vec<String> {
     }
     ids
 }
+
+/// A real `redis-server` on a free loopback port, in a temp dir, with an append-only file
+/// synced on every write (so a SIGKILL loses nothing Redis acknowledged). Killed on drop.
+pub struct RedisServer {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Result<RedisServer> {
+        let mut last = None;
+        for _ in 0..5 {
+            // Reserve a free port, release it, and hand it to Redis (which cannot pick port 0).
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let mut server = RedisServer {
+                dir: tempfile::Builder::new()
+                    .prefix("slipstream-redis-")
+                    .tempdir()?,
+                child: None,
+                port,
+            };
+            match server.spawn() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("redis-server did not start")))
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+            ])
+            .args(["--appendfsync", "always", "--dir"])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (install the Debian package redis-server)")?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url())?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = client.get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return Ok(());
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                bail!("redis-server exited: {status}");
+            }
+            if std::time::Instant::now() > deadline {
+                self.kill();
+                bail!("redis-server did not answer PING on port {}", self.port);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.spawn()
+    }
+
+    pub fn connection(&self) -> Result<redis::Connection> {
+        Ok(redis::Client::open(self.url())?.get_connection()?)
+    }
+
+    /// Every application key (those not under `prefix`) with its type and value, sorted.
+    pub fn dump(&self, prefix: &str) -> Result<std::collections::BTreeMap<String, String>> {
+        let mut c = self.connection()?;
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut c)?;
+        let mut out = std::collections::BTreeMap::new();
+        for k in keys.into_iter().filter(|k| !k.starts_with(prefix)) {
+            let ty: String = redis::cmd("TYPE").arg(&k).query(&mut c)?;
+            let v = match ty.as_str() {
+                "string" => format!(
+                    "string {}",
+                    redis::cmd("GET").arg(&k).query::<String>(&mut c)?
+                ),
+                "list" => format!(
+                    "list {:?}",
+                    redis::cmd("LRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .query::<Vec<String>>(&mut c)?
+                ),
+                "zset" => format!(
+                    "zset {:?}",
+                    redis::cmd("ZRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query::<Vec<String>>(&mut c)?
+                ),
+                other => format!("{other} (unexpected)"),
+            };
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -177,7 +177,8 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 struct KeyQuery {
     /// `local` (default) or `mesh`.
     scope: Option<String>,
-    /// For `scope=mesh`: how long to gather answers (default: the request timeout).
+    /// For `scope=mesh`: longest wait for answers, in ms (default 1000, at most the request
+    /// timeout).
     timeout_ms: Option<u64>,
 }
 
@@ -227,14 +228,22 @@ async fn mesh_read(node: Arc<Node>, key: String, timeout_ms: Option<u64>) -> Res
         Outcome::Nack { error: e, .. } => return error(StatusCode::BAD_REQUEST, e),
         _ => {}
     }
+    // No node knows the whole mesh: wait for this node's known peers, then for as long as
+    // answers keep coming (nodes further away answer later), within the timeout.
     let expected = node.known_peers().len() + 1;
     let wait = timeout_ms
         .map(std::time::Duration::from_millis)
-        .unwrap_or(node.cfg.request_timeout)
+        .unwrap_or(std::time::Duration::from_secs(1))
         .min(node.cfg.request_timeout);
     let deadline = tokio::time::Instant::now() + wait;
-    while answers.len() < expected {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+    let quiet = std::time::Duration::from_millis(200);
+    loop {
+        let until = if answers.len() >= expected {
+            deadline.min(tokio::time::Instant::now() + quiet)
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, rx.recv()).await {
             Ok(Some(r)) => answers.push(r),
             _ => break,
         }
@@ -253,7 +262,7 @@ async fn mesh_read(node: Arc<Node>, key: String, timeout_ms: Option<u64>) -> Res
             })
         })
         .collect();
-    Json(json!({ "key": key, "answers": answers, "newest": newest, "complete": answers.len() >= expected })).into_response()
+    Json(json!({ "key": key, "answers": answers, "newest": newest })).into_response()
 }
 
 /// Lets a mutating admin request through, or answers it with 401 or 403.

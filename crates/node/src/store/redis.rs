@@ -133,6 +133,29 @@ impl RedisStore {
         Ok(changed == 1)
     }
 
+    fn seen_key(&self, group: &str, message_id: &str) -> String {
+        format!("{}seen:{group}:{message_id}", self.prefix)
+    }
+
+    /// Whether another node sharing this Redis recorded the message (shared dedup).
+    pub async fn seen(&self, group: &str, message_id: &str) -> RedisResult<bool> {
+        let mut c = self.conn.clone();
+        c.exists(self.seen_key(group, message_id)).await
+    }
+
+    /// Marks a recorded message seen for the nodes sharing this Redis, for `ttl`.
+    pub async fn mark_seen(&self, group: &str, message_id: &str, ttl: Duration) -> RedisResult<()> {
+        let mut c = self.conn.clone();
+        redis::cmd("SET")
+            .arg(self.seen_key(group, message_id))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64)
+            .query_async::<()>(&mut c)
+            .await
+    }
+
     /// A key's value and version, `None` when absent or deleted.
     pub async fn get(&self, key: &str) -> RedisResult<Option<StoredValue>> {
         let mut c = self.conn.clone();
