@@ -447,3 +447,51 @@ async fn two_nodes_of_a_cluster_group_sharing_redis_share_dedup() {
         "c received it once: n2 never forwarded a copy"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_pruned_after_the_retention_period() {
+    let r = RedisServer::start().unwrap();
+    let a = with_redis(
+        NodeOptions::default().env("SLIPSTREAM_RETENTION_SECONDS", "1"),
+        &r,
+    );
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    send(
+        &mut app,
+        json!({"type": "SK", "key": "short", "value": "lived", "messageId": "t1"}),
+    )
+    .await;
+    send(
+        &mut app,
+        json!({"type": "CMD", "command": "DEL", "args": ["short"], "messageId": "t2"}),
+    )
+    .await;
+    let mut c = r.connection().unwrap();
+    eventually("the tombstone is written", LONG, || async {
+        let kind: Option<String> = redis::cmd("HGET")
+            .arg("slipstream:v:short")
+            .arg("kind")
+            .query(&mut r.connection().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        if kind.as_deref() == Some("deleted") {
+            Ok(())
+        } else {
+            Err(format!("{kind:?}"))
+        }
+    })
+    .await;
+    eventually("the tombstone is pruned", LONG, || async {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg("slipstream:v:short")
+            .query(&mut r.connection().map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        if exists {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let keys: Vec<String> = redis::cmd("KEYS").arg("short*").query(&mut c).unwrap();
+    assert!(keys.is_empty());
+}
