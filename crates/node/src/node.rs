@@ -308,7 +308,6 @@ impl Node {
             return self.request(from, *accepted, command.is_some()).await;
         }
         self.record(
-            from,
             *accepted,
             msg_type,
             apply.filter(|_| allowed),
@@ -358,14 +357,12 @@ impl Node {
     /// applied and delivered.
     async fn record(
         self: &Arc<Self>,
-        from: &Sender,
         accepted: Accepted,
         msg_type: &'static str,
         apply: Option<Apply>,
         command: Option<String>,
         allowed: bool,
     ) -> Outcome {
-        let _ = from;
         let queued = self.redis.is_some();
         // Shared dedup: nodes of one cluster group sharing a Redis skip what another recorded.
         // SQLite stays the truth; Redis is only asked when reachable, and marked after commit.

@@ -34,9 +34,14 @@ pub async fn run(node: Arc<Node>, redis: Arc<RedisStore>, wake: Arc<Notify>) {
             }
         };
         if batch.is_empty() {
-            if redis.ping().await.is_ok() {
-                node.set_store_error(None);
-            }
+            // Idle: keep /ready truthful about Redis even when nothing waits to be applied.
+            node.set_store_error(
+                redis
+                    .ping()
+                    .await
+                    .err()
+                    .map(|e| format!("redis unreachable: {e}")),
+            );
             tokio::select! {
                 _ = node.shutdown.cancelled() => break,
                 _ = wake.notified() => {}
