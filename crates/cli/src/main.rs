@@ -107,13 +107,13 @@ struct RunArgs {
     /// If set, mutating admin endpoints need it as a bearer token. Default: unset
     #[arg(long, env = "SLIPSTREAM_ADMIN_TOKEN")]
     admin_token: Option<String>,
-    /// PEM certificate chain: the listener serves wss:// (not available yet)
+    /// PEM certificate chain (PEM text or a path): the listener serves wss://
     #[arg(long, env = "SLIPSTREAM_TLS_CERT")]
     tls_cert: Option<String>,
-    /// PEM private key for SLIPSTREAM_TLS_CERT (not available yet)
+    /// PEM private key for SLIPSTREAM_TLS_CERT (PEM text or a path)
     #[arg(long, env = "SLIPSTREAM_TLS_KEY")]
     tls_key: Option<String>,
-    /// PEM CA that incoming client certificates must be signed by (not available yet)
+    /// PEM CA (text or path): incoming connections must present a client certificate it signed (mutual TLS)
     #[arg(long, env = "SLIPSTREAM_TLS_CLIENT_CA")]
     tls_client_ca: Option<String>,
     /// WebSocket ping interval in seconds; a connection silent for three is closed. Default: 10
@@ -128,6 +128,24 @@ struct RunArgs {
     /// Largest accepted frame in bytes; larger ones get a NACK. Default: 1048576
     #[arg(long, env = "SLIPSTREAM_MAX_FRAME_BYTES")]
     max_frame_bytes: Option<String>,
+    /// Most messages in one array frame. Default: 1000
+    #[arg(long, env = "SLIPSTREAM_MAX_BATCH")]
+    max_batch: Option<String>,
+    /// Longest messagePath accepted (and forwarded). Default: 64
+    #[arg(long, env = "SLIPSTREAM_MAX_PATH")]
+    max_path: Option<String>,
+    /// Longest key, in bytes. Default: 1024
+    #[arg(long, env = "SLIPSTREAM_MAX_KEY_BYTES")]
+    max_key_bytes: Option<String>,
+    /// Largest value, in bytes (items summed for SA and SW). Default: 524288
+    #[arg(long, env = "SLIPSTREAM_MAX_VALUE_BYTES")]
+    max_value_bytes: Option<String>,
+    /// Most open WebSocket connections (peers and apps); more are refused. Default: 1024
+    #[arg(long, env = "SLIPSTREAM_MAX_CONNECTIONS")]
+    max_connections: Option<String>,
+    /// Invalid messages one connection may send per second before it is closed (1008). Default: 100
+    #[arg(long, env = "SLIPSTREAM_MAX_INVALID_PER_SECOND")]
+    max_invalid_per_second: Option<String>,
 }
 
 impl RunArgs {
@@ -161,6 +179,12 @@ impl RunArgs {
             request_timeout_seconds: self.request_timeout_seconds,
             delivery_jitter_ms: self.delivery_jitter_ms,
             redis_dedup: self.redis_dedup,
+            max_batch: self.max_batch,
+            max_path: self.max_path,
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+            max_connections: self.max_connections,
+            max_invalid_per_second: self.max_invalid_per_second,
         }
     }
 }

@@ -30,6 +30,7 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it_and_exit_code_2() {
         ("METRICS_PORT", "70000"),
         ("ENABLE_DEBUG_LOGS", "perhaps"),
         ("SLIPSTREAM_LISTEN", "not-an-address"),
+        ("SLIPSTREAM_MAX_CONNECTIONS", "0"),
     ] {
         let (code, stderr) = run_with(&[(var, value)]);
         assert_eq!(code, Some(2), "{var}={value}: {stderr}");
@@ -37,6 +38,17 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it_and_exit_code_2() {
         assert_eq!(lines.len(), 1, "one line: {stderr}");
         assert!(lines[0].contains(var), "{var} named in {stderr:?}");
     }
+}
+
+#[test]
+fn an_unreadable_certificate_is_named() {
+    let (code, stderr) = run_with(&[("SLIPSTREAM_TLS_CERT", "/nonexistent/cert.pem"), ("SLIPSTREAM_TLS_KEY", "/nonexistent/key.pem")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("SLIPSTREAM_TLS_CERT: cannot read \"/nonexistent/cert.pem\""), "{stderr}");
+    let peers = r#"[{"url":"wss://peer.example:7600","ca":"/nonexistent/ca.pem"}]"#;
+    let (code, stderr) = run_with(&[("URL_CONFIG", peers)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("URL_CONFIG: entry 0 (wss://peer.example:7600): ca: cannot read"), "{stderr}");
 }
 
 #[test]
@@ -66,6 +78,13 @@ fn run_help_lists_every_variable() {
         "SLIPSTREAM_REDIS_DEDUP",
         "SLIPSTREAM_CMD_ALLOW",
         "SLIPSTREAM_REQUEST_TIMEOUT_SECONDS",
+        "SLIPSTREAM_MAX_FRAME_BYTES",
+        "SLIPSTREAM_MAX_BATCH",
+        "SLIPSTREAM_MAX_PATH",
+        "SLIPSTREAM_MAX_KEY_BYTES",
+        "SLIPSTREAM_MAX_VALUE_BYTES",
+        "SLIPSTREAM_MAX_CONNECTIONS",
+        "SLIPSTREAM_MAX_INVALID_PER_SECOND",
     ] {
         assert!(
             help.contains(&format!("env: {var}=")) || help.contains(&format!("env: {var}]")),

@@ -428,6 +428,13 @@ async fn with_an_auth_token_only_peers_that_present_it_connect() {
     app.publish(&all).await.unwrap();
     wait_has_all(&a, &all).await;
     assert!(a.logs().contains("bearer token"), "the refusal is logged");
+    assert_eq!(
+        a.metric("slipstream_connections_refused_total{reason=\"token\"}")
+            .await
+            .unwrap(),
+        1.0,
+        "and counted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use base64::Engine;
 use serde::Deserialize;
 use slipstream_protocol::{Limits, DEFAULT_CLUSTER_GROUP};
+
+use crate::net::tls;
 
 /// A bad setting. The text names the variable and says what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +87,12 @@ pub struct RawConfig {
     pub request_timeout_seconds: Option<String>,
     pub delivery_jitter_ms: Option<String>,
     pub redis_dedup: Option<String>,
+    pub max_batch: Option<String>,
+    pub max_path: Option<String>,
+    pub max_key_bytes: Option<String>,
+    pub max_value_bytes: Option<String>,
+    pub max_connections: Option<String>,
+    pub max_invalid_per_second: Option<String>,
 }
 
 /// The validated configuration of one node.
@@ -109,6 +119,16 @@ pub struct Config {
     pub limits: Limits,
     /// Most unacknowledged messages in flight to one peer.
     pub delivery_window: usize,
+    /// The listener serves `wss://` with this.
+    pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Incoming connections must present a client certificate (mutual TLS).
+    pub tls_client_auth: bool,
+    /// The TLS configuration of each `wss://` peer, in the order of `peers`.
+    pub peer_tls: Vec<Option<Arc<rustls::ClientConfig>>>,
+    /// Most open connections (peers and apps); more are refused.
+    pub max_connections: usize,
+    /// Invalid messages a connection may send per second before it is closed (1008).
+    pub max_invalid_per_second: u32,
     /// Apply writes to this Redis instead of the embedded store.
     pub redis_url: Option<String>,
     /// Prefix of Slipstream's own keys in Redis (versions and tombstones).
@@ -146,6 +166,11 @@ impl Config {
             retention: Duration::from_secs(24 * 3600),
             limits: Limits::default(),
             delivery_window: 1024,
+            server_tls: None,
+            tls_client_auth: false,
+            peer_tls: Vec::new(),
+            max_connections: 1024,
+            max_invalid_per_second: 100,
             redis_url: None,
             redis_prefix: "slipstream:".to_owned(),
             cmd_allow: vec!["DEL".into(), "EXPIRE".into(), "PING".into()],
@@ -206,15 +231,76 @@ impl Config {
                 ));
             }
         }
-        for (var, v) in [
-            ("SLIPSTREAM_TLS_CERT", &raw.tls_cert),
-            ("SLIPSTREAM_TLS_KEY", &raw.tls_key),
-            ("SLIPSTREAM_TLS_CLIENT_CA", &raw.tls_client_ca),
-        ] {
-            if v.as_deref().is_some_and(|s| !s.is_empty()) {
-                return Err(invalid(var, "TLS is not available in this version yet; unset it and serve plain ws:// behind a TLS proxy"));
+        let server_tls = match (non_empty(&raw.tls_cert), non_empty(&raw.tls_key)) {
+            (Some(cert), Some(key)) => Some(
+                tls::server_config(&cert, &key, non_empty(&raw.tls_client_ca).as_deref())
+                    .map_err(|(var, e)| invalid(var, e))?,
+            ),
+            (None, None) if non_empty(&raw.tls_client_ca).is_some() => {
+                return Err(invalid(
+                    "SLIPSTREAM_TLS_CLIENT_CA",
+                    "needs SLIPSTREAM_TLS_CERT and SLIPSTREAM_TLS_KEY",
+                ))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "SLIPSTREAM_TLS_KEY",
+                    "is required with SLIPSTREAM_TLS_CERT",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "SLIPSTREAM_TLS_CERT",
+                    "is required with SLIPSTREAM_TLS_KEY",
+                ))
+            }
+        };
+        let tls_client_auth = server_tls.is_some() && non_empty(&raw.tls_client_ca).is_some();
+        let mut peer_tls = Vec::with_capacity(peers.len());
+        for (i, p) in peers.iter().enumerate() {
+            let tls_fields =
+                p.ca.is_some() || p.cert.is_some() || p.key.is_some() || !p.reject_unauthorized;
+            if p.url.starts_with("wss://") {
+                let c = tls::client_config(
+                    p.ca.as_deref(),
+                    p.cert.as_deref(),
+                    p.key.as_deref(),
+                    p.reject_unauthorized,
+                )
+                .map_err(|e| invalid("URL_CONFIG", format!("entry {i} ({}): {e}", p.url)))?;
+                peer_tls.push(Some(c));
+            } else if tls_fields {
+                return Err(invalid("URL_CONFIG", format!("entry {i} ({}): ca, cert, key and rejectUnauthorized apply to wss:// URLs only", p.url)));
+            } else {
+                peer_tls.push(None);
             }
         }
+        let limit =
+            |v: &Option<String>, var: &'static str, default: usize| -> Result<usize, ConfigError> {
+                let n = parse_num(v, var, default)?;
+                if n == 0 {
+                    return Err(invalid(var, "must be at least 1"));
+                }
+                Ok(n)
+            };
+        let limits = Limits {
+            max_frame_bytes: 0,
+            max_batch: limit(&raw.max_batch, "SLIPSTREAM_MAX_BATCH", 1000)?,
+            max_path: limit(&raw.max_path, "SLIPSTREAM_MAX_PATH", 64)?,
+            max_key_bytes: limit(&raw.max_key_bytes, "SLIPSTREAM_MAX_KEY_BYTES", 1024)?,
+            max_value_bytes: limit(
+                &raw.max_value_bytes,
+                "SLIPSTREAM_MAX_VALUE_BYTES",
+                512 * 1024,
+            )?,
+        };
+        let max_connections = limit(&raw.max_connections, "SLIPSTREAM_MAX_CONNECTIONS", 1024)?;
+        let max_invalid_per_second = limit(
+            &raw.max_invalid_per_second,
+            "SLIPSTREAM_MAX_INVALID_PER_SECOND",
+            100,
+        )? as u32;
         let metrics_port: u16 = parse_num(&raw.metrics_port, "METRICS_PORT", 8080)?;
         let metrics_host = raw.metrics_host.as_deref().unwrap_or("0.0.0.0");
         let http_addr = format!("{metrics_host}:{metrics_port}")
@@ -307,8 +393,13 @@ impl Config {
             )?,
             limits: Limits {
                 max_frame_bytes,
-                ..Limits::default()
+                ..limits
             },
+            server_tls,
+            tls_client_auth,
+            peer_tls,
+            max_connections,
+            max_invalid_per_second,
             delivery_window: 1024,
             redis_url,
             redis_prefix,
@@ -416,15 +507,6 @@ pub fn parse_url_config(text: &str) -> Result<Vec<PeerConfig>, ConfigError> {
             return Err(invalid(
                 VAR,
                 format!("entry {i}: url {:?} must start with ws:// or wss://", p.url),
-            ));
-        }
-        if p.url.starts_with("wss://") {
-            return Err(invalid(
-                VAR,
-                format!(
-                    "entry {i}: url {:?}: wss:// is not available in this version yet",
-                    p.url
-                ),
             ));
         }
         if p.url.len() <= "ws://".len() {

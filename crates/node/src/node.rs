@@ -266,18 +266,11 @@ impl Node {
             }
         };
         if !allowed && *from == Sender::Client {
-            let c = command.unwrap_or_default();
-            tracing::error!(instance_id = %self.id, command = %c, "command refused: not on this node's allow-list");
-            let res = Response {
-                in_reply_to: msg.env.message_id.clone().unwrap_or_default(),
-                instance_id: Some(self.id.clone()),
-                error: Some(format!(
-                    "command {c} is not allowed on {} (SLIPSTREAM_CMD_ALLOW)",
-                    self.id
-                )),
-                ..Response::default()
-            };
-            return Outcome::Reply(Box::new(self.res_message(vec![self.id.clone()], res)));
+            let error = self.refuse_command(
+                command.as_deref().unwrap_or_default(),
+                msg.env.message_id.as_deref(),
+            );
+            return Outcome::Reply(Box::new(self.refusal(&msg, &error)));
         }
         let is_request = matches!(msg.body, Body::Get { .. }) || command.as_deref() == Some("PING");
         let msg_type = msg.message_type().as_str();
@@ -440,14 +433,11 @@ impl Node {
                     }
                     if let Some(c) = &command {
                         if !allowed {
-                            tracing::error!(instance_id = %node.id, command = %c, message_id = %message_id, "command refused: not on this node's allow-list");
+                            let error = node.refuse_command(c, Some(&message_id));
                             node.answer(
                                 &request,
                                 Response {
-                                    error: Some(format!(
-                                        "command {c} is not allowed on {} (SLIPSTREAM_CMD_ALLOW)",
-                                        node.id
-                                    )),
+                                    error: Some(error),
                                     ..Response::default()
                                 },
                             );
@@ -484,6 +474,26 @@ impl Node {
                 }
             }
         }))
+    }
+
+    /// Logs a command this node does not run; returns the error for its `RES`.
+    fn refuse_command(&self, command: &str, message_id: Option<&str>) -> String {
+        tracing::error!(instance_id = %self.id, command, message_id, "command refused: not on this node's allow-list");
+        format!(
+            "command {command} is not allowed on {} (SLIPSTREAM_CMD_ALLOW)",
+            self.id
+        )
+    }
+
+    /// A `RES` refusing a request, for the app that sent it.
+    pub fn refusal(&self, request: &Message, error: &str) -> Message {
+        let res = Response {
+            in_reply_to: request.env.message_id.clone().unwrap_or_default(),
+            instance_id: Some(self.id.clone()),
+            error: Some(error.to_owned()),
+            ..Response::default()
+        };
+        self.res_message(vec![self.id.clone()], res)
     }
 
     /// A `RES` travelling along `path` (the answering node first, the asking one last).

@@ -94,9 +94,13 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     node.tracker
         .spawn(net::listener::accept_loop(node.clone(), ws));
     node.tracker.spawn(http::serve(node.clone(), http_listener));
-    for peer in node.cfg.peers.clone() {
+    for (i, peer) in node.cfg.peers.clone().into_iter().enumerate() {
+        if !peer.reject_unauthorized {
+            tracing::warn!(instance_id = %node.id, peer = %peer.url, "rejectUnauthorized is false: this peer's certificate is not checked; anyone on the path can pose as it");
+        }
+        let tls = node.cfg.peer_tls.get(i).cloned().flatten();
         node.tracker
-            .spawn(net::dialer::dial_loop(node.clone(), peer));
+            .spawn(net::dialer::dial_loop(node.clone(), peer, tls));
     }
     node.tracker.spawn(prune_loop(node.clone()));
     node.ready.store(true, Ordering::SeqCst);

@@ -155,6 +155,16 @@ impl Router {
         self.clock.observe(hlc);
     }
 
+    /// The last stamp issued or observed (the clock's state).
+    pub fn last_stamp(&self) -> Hlc {
+        self.clock.last()
+    }
+
+    /// How many (`messageId`, `clusterGroupId`) pairs the seen cache holds.
+    pub fn seen_len(&self) -> usize {
+        self.seen.len()
+    }
+
     /// A fresh HLC stamp (for local reads and diagnostics).
     pub fn stamp(&mut self, now_ms: u64) -> Hlc {
         self.clock.tick(now_ms)

@@ -39,6 +39,10 @@ pub struct ConnCtx {
     pub remote: String,
     /// The configured peer URL of an outbound connection.
     pub url: Option<String>,
+    /// Whether the other side proved who it is (token, client certificate, or loopback when
+    /// neither is configured; always for connections this node dialled). Only authenticated
+    /// connections may send commands.
+    pub authenticated: bool,
 }
 
 enum Who {
@@ -76,6 +80,9 @@ struct Conn {
     /// Frames to write once the current event is handled.
     out: Vec<WsMessage>,
     acks: Vec<String>,
+    /// Invalid messages since `invalid_since` (a one-second window).
+    invalid_count: u32,
+    invalid_since: Instant,
 }
 
 /// Serves one connection until it closes or the node shuts down. `connected_at` is the TCP
@@ -101,6 +108,8 @@ where
         pushes: None,
         out: Vec::new(),
         acks: Vec::new(),
+        invalid_count: 0,
+        invalid_since: connected_at,
     };
     node.metrics.active_connections.inc();
     tracing::debug!(instance_id = %node.id, conn = conn.id, remote = %conn.ctx.remote, direction = ?conn.ctx.direction, "connection open");
@@ -225,14 +234,39 @@ impl Conn {
         self.text(Message::nack(&self.node.id, message_id, error).encode());
     }
 
+    /// An invalid frame or message: logged, counted, answered with a NACK naming the problem.
+    fn invalid(&mut self, message_id: Option<String>, reason: String) -> Result<(), End> {
+        telemetry::invalid(&self.node, &self.sender(), &reason);
+        self.nack(message_id, reason);
+        self.count_invalid()
+    }
+
+    /// Closes the connection (1008) once it sends more invalid messages per second than
+    /// `SLIPSTREAM_MAX_INVALID_PER_SECOND`.
+    fn count_invalid(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        if now.duration_since(self.invalid_since) >= Duration::from_secs(1) {
+            self.invalid_since = now;
+            self.invalid_count = 0;
+        }
+        self.invalid_count += 1;
+        let limit = self.node.cfg.max_invalid_per_second;
+        if self.invalid_count > limit {
+            telemetry::too_many_invalid(&self.node, &self.ctx.remote, limit);
+            return Err(End::Close(
+                CloseCode::Policy,
+                format!("more than {limit} invalid messages per second"),
+            ));
+        }
+        Ok(())
+    }
+
     async fn on_frame(&mut self, frame: WsMessage) -> Result<(), End> {
         self.last_rx = Instant::now();
         let text = match frame {
             WsMessage::Text(t) => t,
             WsMessage::Binary(_) => {
-                telemetry::invalid(&self.node, &self.sender(), "binary frame");
-                self.nack(None, slipstream_protocol::FrameError::Binary.to_string());
-                return Ok(());
+                return self.invalid(None, slipstream_protocol::FrameError::Binary.to_string());
             }
             WsMessage::Close(_) => return Err(End::Closed),
             WsMessage::Pong(payload) => {
@@ -252,19 +286,12 @@ impl Conn {
         };
         let items = match decode_frame(text.as_str(), &self.node.cfg.limits) {
             Ok(items) => items,
-            Err(e) => {
-                telemetry::invalid(&self.node, &self.sender(), &e.to_string());
-                self.nack(None, e.to_string());
-                return Ok(());
-            }
+            Err(e) => return self.invalid(None, e.to_string()),
         };
         for item in items {
             match item {
                 Ok(msg) => self.on_message(msg).await?,
-                Err(invalid) => {
-                    telemetry::invalid(&self.node, &self.sender(), &invalid.reason);
-                    self.nack(invalid.message_id, invalid.reason);
-                }
+                Err(invalid) => self.invalid(invalid.message_id, invalid.reason)?,
             }
         }
         Ok(())
@@ -293,12 +320,24 @@ impl Conn {
             }
             Body::Res(_) => self.node.route_res(msg),
             Body::Hello(_) => unreachable!("handled above"),
+            Body::Command { ref command, .. } if !self.ctx.authenticated => {
+                tracing::error!(instance_id = %self.node.id, remote = %self.ctx.remote, command = %command, "command refused: the connection is not authenticated");
+                self.text(
+                    self.node
+                        .refusal(&msg, "commands need an authenticated connection (bearer token, client certificate, or loopback)")
+                        .encode(),
+                );
+            }
             Body::Set { .. } | Body::Get { .. } | Body::Command { .. } => {
                 let reply =
                     matches!(self.who, Who::Client).then(|| ReplySink::Frames(self.tx.clone()));
                 match self.node.ingest(&self.sender(), msg, reply).await {
                     Outcome::Ack(id) => self.acks.push(id),
-                    Outcome::Nack { message_id, error } => self.nack(message_id, error),
+                    // The node already counted and logged it; only the rate is checked here.
+                    Outcome::Nack { message_id, error } => {
+                        self.nack(message_id, error);
+                        self.count_invalid()?;
+                    }
                     Outcome::Reply(m) => self.text(m.encode()),
                     Outcome::Commit(fut) => self.commits.push_back(fut),
                     Outcome::Done => {}

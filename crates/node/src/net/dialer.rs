@@ -18,7 +18,7 @@ use crate::node::{CircuitView, Node};
 use crate::peers::Direction;
 use crate::telemetry;
 
-pub async fn dial_loop(node: Arc<Node>, peer: PeerConfig) {
+pub async fn dial_loop(node: Arc<Node>, peer: PeerConfig, tls: Option<Arc<rustls::ClientConfig>>) {
     let cfg = &node.cfg;
     let mut backoff = Backoff::new(
         cfg.retry_base,
@@ -26,7 +26,7 @@ pub async fn dial_loop(node: Arc<Node>, peer: PeerConfig) {
         cfg.circuit_cooldown,
     );
     loop {
-        let result = dial(&node, &peer).await;
+        let result = dial(&node, &peer, tls.clone()).await;
         let wait = match &result {
             Ok(()) => {
                 // Connected, served, and lost (or shutting down).
@@ -73,7 +73,11 @@ pub async fn dial_loop(node: Arc<Node>, peer: PeerConfig) {
 }
 
 /// One dial. `Ok` once a connection was established and has ended.
-async fn dial(node: &Arc<Node>, peer: &PeerConfig) -> Result<(), String> {
+async fn dial(
+    node: &Arc<Node>,
+    peer: &PeerConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<(), String> {
     let mut request = peer
         .url
         .as_str()
@@ -90,7 +94,10 @@ async fn dial(node: &Arc<Node>, peer: &PeerConfig) -> Result<(), String> {
         .ok_or("url has no host")?
         .trim_matches(['[', ']'])
         .to_owned();
-    let port = request.uri().port_u16().unwrap_or(80);
+    let port = request
+        .uri()
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let limit = node.cfg.heartbeat * 3;
     let connected_at;
     let stream = tokio::select! {
@@ -105,25 +112,54 @@ async fn dial(node: &Arc<Node>, peer: &PeerConfig) -> Result<(), String> {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_else(|_| peer.url.clone());
+    let ctx = ConnCtx {
+        direction: Direction::Outbound,
+        remote,
+        url: Some(peer.url.clone()),
+        authenticated: true,
+    };
+    let Some(tls) = tls else {
+        return upgrade(node, request, stream, ctx, connected_at).await;
+    };
+    if !peer.reject_unauthorized {
+        tracing::warn!(instance_id = %node.id, peer = %peer.url, "rejectUnauthorized is false: connecting without checking the peer's certificate");
+    }
+    let name = rustls::pki_types::ServerName::try_from(host.clone())
+        .map_err(|e| format!("bad TLS server name {host:?}: {e}"))?;
+    let connect = tokio_rustls::TlsConnector::from(tls).connect(name, stream);
+    let tls_stream = tokio::time::timeout_at(connected_at + limit, connect)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_owned())?
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    upgrade(node, request, tls_stream, ctx, connected_at).await
+}
+
+/// The WebSocket handshake over a (TLS or plain) stream, then the connection until it ends.
+async fn upgrade<S>(
+    node: &Arc<Node>,
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+    stream: S,
+    ctx: ConnCtx,
+    connected_at: Instant,
+) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let handshake =
         tokio_tungstenite::client_async_with_config(request, stream, Some(ws_config(&node.cfg)));
-    let (ws, _) = tokio::time::timeout_at(connected_at + limit, handshake)
+    let (ws, _) = tokio::time::timeout_at(connected_at + node.cfg.heartbeat * 3, handshake)
         .await
         .map_err(|_| "WebSocket handshake timed out".to_owned())?
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
+    let url = ctx.url.clone().unwrap_or_default();
     node.set_circuit(
-        &peer.url,
+        &url,
         CircuitView {
             circuit: "closed",
             consecutive_failures: 0,
             last_error: None,
         },
     );
-    let ctx = ConnCtx {
-        direction: Direction::Outbound,
-        remote,
-        url: Some(peer.url.clone()),
-    };
     serve(node.clone(), ws, ctx, connected_at).await;
     Ok(())
 }

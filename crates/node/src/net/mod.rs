@@ -5,6 +5,7 @@ pub mod backoff;
 pub mod connection;
 pub mod dialer;
 pub mod listener;
+pub mod tls;
 
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -18,6 +19,17 @@ pub fn ws_config(cfg: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(outer))
         .max_frame_size(Some(outer))
+}
+
+/// Whether an incoming connection counts as authenticated (and so may send commands): it
+/// presented the bearer token, or a client certificate checked under mutual TLS, or, when
+/// neither is required, it comes from this machine.
+pub fn is_authenticated(
+    token_required: bool,
+    client_cert_checked: bool,
+    remote: std::net::IpAddr,
+) -> bool {
+    token_required || client_cert_checked || remote.is_loopback()
 }
 
 /// Compares a presented bearer token with the accepted ones in constant time per candidate.
@@ -39,6 +51,25 @@ pub fn token_matches(presented: &str, accepted: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn who_counts_as_authenticated() {
+        let remote: std::net::IpAddr = "203.0.113.7".parse().unwrap();
+        let local: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(
+            is_authenticated(true, false, remote),
+            "passed the token check"
+        );
+        assert!(
+            is_authenticated(false, true, remote),
+            "presented a checked client certificate"
+        );
+        assert!(
+            is_authenticated(false, false, local),
+            "loopback, nothing configured"
+        );
+        assert!(!is_authenticated(false, false, remote), "anyone else");
+    }
 
     #[test]
     fn tokens_match_exactly_and_any_of_a_list() {

@@ -29,6 +29,7 @@ pub struct Metrics {
     pub replication_latency: Histogram,
     pub commit_batch: Histogram,
     pub uptime: Gauge,
+    pub refused: IntCounterVec,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -143,6 +144,11 @@ impl Metrics {
                 ]),
             )
             .expect("valid metric"),
+            refused: counter_vec(
+                "slipstream_connections_refused_total",
+                "Connections refused or closed for cause (token, tls, connection_limit, invalid_rate)",
+                &["reason"],
+            ),
             uptime: Gauge::new(
                 "slipstream_uptime_seconds",
                 "Seconds since this node started",
@@ -170,6 +176,7 @@ impl Metrics {
         register(Box::new(m.replication_latency.clone()));
         register(Box::new(m.commit_batch.clone()));
         register(Box::new(m.uptime.clone()));
+        register(Box::new(m.refused.clone()));
         #[cfg(target_os = "linux")]
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

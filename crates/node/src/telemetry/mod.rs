@@ -90,3 +90,18 @@ pub fn reconnect(node: &Node, peer: &str, error: &str, retry_in_secs: f64) {
 pub fn storage_failed(node: &Node, what: &str, error: &StorageError) {
     tracing::error!(critical = true, instance_id = %node.id, operation = what, error = %error, "store failure");
 }
+
+/// A connection was refused before any message was read (`token`, `tls`, `connection_limit`).
+pub fn refused(node: &Node, reason: &str, remote: &std::net::SocketAddr, detail: &str) {
+    node.metrics.refused.with_label_values(&[reason]).inc();
+    tracing::error!(instance_id = %node.id, remote = %remote, reason, detail, "connection refused");
+}
+
+/// A connection sent more invalid messages per second than allowed and was closed.
+pub fn too_many_invalid(node: &Node, remote: &str, limit: u32) {
+    node.metrics
+        .refused
+        .with_label_values(&["invalid_rate"])
+        .inc();
+    tracing::error!(instance_id = %node.id, remote, limit, "connection closed: too many invalid messages per second");
+}
