@@ -1,6 +1,7 @@
 //! The `slipstream` binary.
 
 mod admin;
+mod bench;
 mod client;
 mod dev;
 
@@ -34,6 +35,8 @@ enum Command {
     Status(admin::StatusArgs),
     /// List, replay or purge a node's dead letters.
     Dlq(admin::DlqArgs),
+    /// Measure replication throughput and latency on a local mesh (or running nodes).
+    Bench(bench::BenchArgs),
 }
 
 /// The settings of SPEC §2. Values are validated after parsing so that an error names the
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
             Command::Get(args) => client::get(args).await,
             Command::Status(args) => admin::status(args).await,
             Command::Dlq(args) => admin::dlq(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

@@ -42,13 +42,22 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it_and_exit_code_2() {
 
 #[test]
 fn an_unreadable_certificate_is_named() {
-    let (code, stderr) = run_with(&[("SLIPSTREAM_TLS_CERT", "/nonexistent/cert.pem"), ("SLIPSTREAM_TLS_KEY", "/nonexistent/key.pem")]);
+    let (code, stderr) = run_with(&[
+        ("SLIPSTREAM_TLS_CERT", "/nonexistent/cert.pem"),
+        ("SLIPSTREAM_TLS_KEY", "/nonexistent/key.pem"),
+    ]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("SLIPSTREAM_TLS_CERT: cannot read \"/nonexistent/cert.pem\""), "{stderr}");
+    assert!(
+        stderr.contains("SLIPSTREAM_TLS_CERT: cannot read \"/nonexistent/cert.pem\""),
+        "{stderr}"
+    );
     let peers = r#"[{"url":"wss://peer.example:7600","ca":"/nonexistent/ca.pem"}]"#;
     let (code, stderr) = run_with(&[("URL_CONFIG", peers)]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("URL_CONFIG: entry 0 (wss://peer.example:7600): ca: cannot read"), "{stderr}");
+    assert!(
+        stderr.contains("URL_CONFIG: entry 0 (wss://peer.example:7600): ca: cannot read"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -111,6 +111,8 @@ impl DeliveryTask {
                 cmd = self.rx.recv() => Event::Cmd(cmd),
                 permit = async { conn_tx.expect("guarded by can_send").reserve_owned().await.ok() }, if can_send => Event::CanSend(permit),
                 _ = self.new_rows.notified() => Event::NewRows,
+                // A safety net: look at the outbox now and then even without a wake-up.
+                _ = tokio::time::sleep(self.node.cfg.retry_base), if !self.more && self.active.is_some() => Event::NewRows,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.active.is_some() => Event::Timeout,
             };
             match event {
@@ -288,8 +290,9 @@ impl DeliveryTask {
             // Testing aid (SLIPSTREAM_DELIVERY_JITTER_MS): reorder deliveries across peers.
             tokio::time::sleep(jitter.mul_f64(rand::random::<f64>())).await;
         }
-        telemetry::frame_sent(&self.node, &self.peer, &types);
-        permit.send(slipstream_protocol::join_encoded(&bodies));
+        let frame = slipstream_protocol::join_encoded(&bodies);
+        telemetry::frame_sent(&self.node, &self.peer, &types, frame.len());
+        permit.send(frame);
         if !resending {
             if let Err(e) = self.node.storage.mark_sent(sent).await {
                 telemetry::storage_failed(&self.node, "mark sent", &e);

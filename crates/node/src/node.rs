@@ -29,6 +29,9 @@ use crate::requests::{ReplySink, Requests};
 use crate::store::{self, redis::RedisStore};
 use crate::telemetry::{self, Metrics};
 
+/// Writes a local app may fall behind on its pushes before it is disconnected.
+pub const PUSH_BACKLOG: usize = 16 * 1024;
+
 /// What the caller should do with a message it handed in.
 pub enum Outcome {
     /// Acknowledge now (a loop or a duplicate: the sender can stop).
@@ -137,7 +140,7 @@ impl Node {
             router.upsert_peer(key.clone(), KnownPeer { tags });
             url_keys.insert(pc.url.clone(), key);
         }
-        let (clients, _) = broadcast::channel(4096);
+        let (clients, _) = broadcast::channel(PUSH_BACKLOG);
         Ok(Arc::new(Node {
             cfg,
             id,
@@ -406,7 +409,10 @@ impl Node {
             }
         };
         let node = self.clone();
-        Outcome::Commit(Box::pin(async move {
+        // The effects after the commit (seen, pushes, waking deliveries, answers) run in a task
+        // of their own, so they happen even if the connection that sent the write goes away
+        // before its ACK is sent.
+        let effects = self.tracker.spawn(async move {
             let result = committed.await.unwrap_or(Err(StorageError::Closed));
             match result {
                 Ok(Recorded::New {
@@ -473,6 +479,12 @@ impl Node {
                     }
                 }
             }
+        });
+        Outcome::Commit(Box::pin(async move {
+            effects.await.unwrap_or_else(|e| Committed::Failed {
+                message_id: String::new(),
+                error: format!("commit task failed: {e}"),
+            })
         }))
     }
 

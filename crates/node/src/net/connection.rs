@@ -139,8 +139,10 @@ where
                 _ = node.shutdown.cancelled() => Event::Shutdown,
                 Some(done) = conn.commits.next(), if !conn.commits.is_empty() => Event::Committed(done),
                 Some(frame) = rx.recv() => Event::Out(frame),
-                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS => Event::Frame(frame),
+                // Pushes before new input: an app that writes fast must not fall behind on
+                // the writes it is pushed.
                 push = next_push(&mut conn.pushes) => Event::Push(push),
+                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS => Event::Frame(frame),
                 _ = ticker.tick() => Event::Tick,
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
             };

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub commit_batch: Histogram,
     pub uptime: Gauge,
     pub refused: IntCounterVec,
+    pub frames_sent: IntCounter,
+    pub bytes_sent: IntCounter,
 }
 
 fn counter(name: &str, help: &str) -> IntCounter {
@@ -149,6 +151,8 @@ impl Metrics {
                 "Connections refused or closed for cause (token, tls, connection_limit, invalid_rate)",
                 &["reason"],
             ),
+            frames_sent: counter("slipstream_frames_sent_total", "Frames of messages sent to peers"),
+            bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
             uptime: Gauge::new(
                 "slipstream_uptime_seconds",
                 "Seconds since this node started",
@@ -177,6 +181,8 @@ impl Metrics {
         register(Box::new(m.commit_batch.clone()));
         register(Box::new(m.uptime.clone()));
         register(Box::new(m.refused.clone()));
+        register(Box::new(m.frames_sent.clone()));
+        register(Box::new(m.bytes_sent.clone()));
         #[cfg(target_os = "linux")]
         register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -54,7 +54,9 @@ pub fn invalid(node: &Node, from: &Sender, reason: &str) {
 }
 
 /// One frame went out to a peer, carrying these counts of each message type.
-pub fn frame_sent(node: &Node, peer: &str, types: &[(String, u64)]) {
+pub fn frame_sent(node: &Node, peer: &str, types: &[(String, u64)], bytes: usize) {
+    node.metrics.frames_sent.inc();
+    node.metrics.bytes_sent.inc_by(bytes as u64);
     for (t, n) in types {
         node.metrics
             .sent

@@ -1,0 +1,468 @@
+//! `slipstream bench`: replication throughput and latency, measured end to end.
+//!
+//! It starts a local full mesh of real node processes (or targets running nodes), connects one
+//! local app per node that receives every write applied there (the node's push), and drives
+//! writes into the first node through a window of unacknowledged writes. A write counts as
+//! applied on a node when that node pushes it, which it does after its commit.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use clap::Args;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use slipstream_node::http::client;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Nodes of the local mesh (ignored with --target).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Run against running nodes instead (repeat: ws://host:port); writes go to the first.
+    #[arg(long)]
+    target: Vec<String>,
+    /// Writes to send.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Most writes sent and not yet acknowledged.
+    #[arg(long, default_value_t = 2_000)]
+    window: usize,
+    /// Writes per frame.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Fixed rate in writes per second (0: as fast as the window allows). Latency figures
+    /// mean most at a rate the mesh sustains.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A node process started by the bench.
+struct LocalNode {
+    child: Child,
+    ws: String,
+    http: String,
+}
+
+impl Drop for LocalNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_node(dir: &std::path::Path, i: usize, peers: &[String]) -> anyhow::Result<LocalNode> {
+    let urls: Vec<Value> = peers.iter().map(|u| json!({ "url": u })).collect();
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("run")
+        .env("SLIPSTREAM_STORAGE_PATH", dir.join(format!("node-{i}")))
+        .env("SLIPSTREAM_INSTANCE_ID", format!("bench-{}", i + 1))
+        .env("SLIPSTREAM_LISTEN", "127.0.0.1:0")
+        .env("METRICS_PORT", "0")
+        .env("SLIPSTREAM_METRICS_HOST", "127.0.0.1")
+        .env("ENABLE_MESSAGE_LOGS", "false")
+        .env("URL_CONFIG", serde_json::to_string(&urls)?)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep reading, so the node never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    let _ = tx.send(v);
+                }
+            }
+        }
+    });
+    let v = rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| anyhow!("node {} did not start", i + 1))?;
+    let field = |k: &str| {
+        v[k].as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no {k} in {v}"))
+    };
+    Ok(LocalNode {
+        child,
+        ws: format!("ws://{}", field("ws_addr")?),
+        http: field("http_addr")?,
+    })
+}
+
+/// Per-node CPU seconds and peak RSS (MiB) from /proc.
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((ticks / 100.0, hwm_kb / 1024.0))
+}
+
+async fn metric_sum(http: &str, name: &str) -> f64 {
+    let Ok((200, text)) = client::request(http, "GET", "/metrics", None, None).await else {
+        return 0.0;
+    };
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn app(url: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
+    ws.send(WsMessage::Text(
+        json!({"type": "HELLO", "instanceId": "bench", "role": "client", "protocolVersion": 1})
+            .to_string()
+            .into(),
+    ))
+    .await?;
+    Ok(ws)
+}
+
+/// Items of a frame: one object or an array of them.
+fn items(text: &str) -> Vec<Value> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(a)) => a,
+        Ok(v) => vec![v],
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The write index in a bench key `bench:<run>:<index>`.
+fn index_of(key: &str, prefix: &str) -> Option<usize> {
+    key.strip_prefix(prefix)?.parse().ok()
+}
+
+pub async fn run(args: BenchArgs) -> ExitCode {
+    match bench(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("slipstream bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    if args.messages == 0 || args.window == 0 || args.batch == 0 {
+        bail!("--messages, --window and --batch must be at least 1");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("slipstream-bench-")
+        .tempdir()?;
+    let mut local: Vec<LocalNode> = Vec::new();
+    let (urls, https): (Vec<String>, Vec<Option<String>>) = if args.target.is_empty() {
+        for i in 0..args.nodes.max(1) {
+            let peers: Vec<String> = local.iter().map(|n| n.ws.clone()).collect();
+            local.push(spawn_node(dir.path(), i, &peers)?);
+        }
+        let want = local.len() - 1;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for n in &local {
+            loop {
+                let (_, body) = client::request(&n.http, "GET", "/status", None, None).await?;
+                let s: Value = serde_json::from_str(&body)?;
+                let up = s["peers"]
+                    .as_array()
+                    .map(|p| p.iter().filter(|p| p["connected"] == true).count())
+                    .unwrap_or(0);
+                if up >= want {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("the mesh did not connect: {s}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        (
+            local.iter().map(|n| n.ws.clone()).collect(),
+            local.iter().map(|n| Some(n.http.clone())).collect(),
+        )
+    } else {
+        (
+            args.target.clone(),
+            args.target.iter().map(|_| None).collect(),
+        )
+    };
+    let n = args.messages;
+    let run_id = std::process::id();
+    let prefix = format!("bench:{run_id}:");
+    let value = "x".repeat(args.value_size);
+
+    // One watcher per node: the time each write was applied there.
+    let applied: Arc<Vec<Mutex<Vec<Option<Instant>>>>> =
+        Arc::new(urls.iter().map(|_| Mutex::new(vec![None; n])).collect());
+    let mut watchers = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        let mut ws = app(url).await?;
+        let applied = applied.clone();
+        let prefix = prefix.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < n {
+                let Some(Ok(WsMessage::Text(t))) = ws.next().await else {
+                    break;
+                };
+                let now = Instant::now();
+                let mut slots = applied[i].lock().unwrap_or_else(|p| p.into_inner());
+                for m in items(t.as_str()) {
+                    if let Some(idx) = m["key"].as_str().and_then(|k| index_of(k, &prefix)) {
+                        if idx < n && slots[idx].is_none() {
+                            slots[idx] = Some(now);
+                            seen += 1;
+                        }
+                    }
+                }
+            }
+            seen
+        }));
+    }
+    let before_cpu: HashMap<u32, f64> = local
+        .iter()
+        .filter_map(|l| Some((l.child.id(), proc_usage(l.child.id())?.0)))
+        .collect();
+
+    // The writer.
+    let (mut sink, mut stream) = app(&urls[0]).await?.split();
+    let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window));
+    let acker = {
+        let in_flight = in_flight.clone();
+        tokio::spawn(async move {
+            let mut acked = 0usize;
+            let mut last = Instant::now();
+            while acked < n {
+                let Some(Ok(WsMessage::Text(t))) = stream.next().await else {
+                    break;
+                };
+                for m in items(t.as_str()) {
+                    match m["type"].as_str() {
+                        Some("ACK") => {
+                            let ids = m["messageIds"].as_array().map(|a| a.len()).unwrap_or(1);
+                            acked += ids;
+                            in_flight.add_permits(ids);
+                            last = Instant::now();
+                        }
+                        Some("NACK") => return Err(anyhow!("write rejected: {m}")),
+                        _ => {}
+                    }
+                }
+            }
+            Ok((acked, last))
+        })
+    };
+    let start = Instant::now();
+    let show = !args.json;
+    let mut next = 0;
+    while next < n {
+        let count = args.batch.min(n - next);
+        in_flight.acquire_many(count as u32).await?.forget();
+        if args.rate > 0 {
+            let due = start + Duration::from_secs_f64(next as f64 / args.rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let batch: Vec<Value> = (next..next + count)
+            .map(|i| json!({"type": "SK", "key": format!("{prefix}{i}"), "value": value, "messageId": format!("b{run_id}-{i}")}))
+            .collect();
+        let now = Instant::now();
+        {
+            let mut s = sent_at.lock().unwrap_or_else(|p| p.into_inner());
+            for slot in &mut s[next..next + count] {
+                *slot = Some(now);
+            }
+        }
+        sink.send(WsMessage::Text(Value::Array(batch).to_string().into()))
+            .await?;
+        next += count;
+        if show && next % (n / 20).max(1) < count {
+            let bar = "#".repeat(next * 30 / n);
+            eprint!("\r[{bar:<30}] {next}/{n} sent");
+            let _ = std::io::stderr().flush();
+        }
+    }
+    let (acked, last_ack) = tokio::time::timeout(Duration::from_secs(120), acker)
+        .await
+        .map_err(|_| anyhow!("ACKs stopped coming"))???;
+    let acked_secs = last_ack.duration_since(start).as_secs_f64();
+    let mut complete = true;
+    let mut seen_per_node = Vec::new();
+    for w in watchers {
+        let seen = tokio::time::timeout(Duration::from_secs(120), w)
+            .await
+            .map(|r| r.unwrap_or(0))
+            .unwrap_or(0);
+        complete &= seen == n;
+        seen_per_node.push(seen);
+    }
+    if show {
+        eprintln!(
+            "\r[{:<30}] {n}/{n} applied everywhere: {complete}",
+            "#".repeat(30)
+        );
+    }
+
+    let sent = sent_at.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut latencies = Vec::with_capacity(n);
+    let mut last_applied = start;
+    for (i, published) in sent.iter().enumerate() {
+        let everywhere = applied
+            .iter()
+            .map(|a| a.lock().unwrap_or_else(|p| p.into_inner())[i])
+            .collect::<Option<Vec<_>>>();
+        if let (Some(p), Some(times)) = (published, everywhere) {
+            let done = times.into_iter().max().unwrap_or(*p);
+            last_applied = last_applied.max(done);
+            latencies.push(done.duration_since(*p).as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let applied_secs = last_applied.duration_since(start).as_secs_f64();
+    let mut frames = 0.0;
+    let mut bytes = 0.0;
+    for h in https.iter().flatten() {
+        frames += metric_sum(h, "slipstream_frames_sent_total").await;
+        bytes += metric_sum(h, "slipstream_bytes_sent_total").await;
+    }
+    let nodes: Vec<Value> = local
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
+            json!({
+                "node": i + 1,
+                "cpuSeconds": cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0),
+                "peakRssMiB": rss,
+                "applied": seen_per_node.get(i),
+            })
+        })
+        .collect();
+    let report = json!({
+        "nodes": urls.len(),
+        "messages": n,
+        "valueSize": args.value_size,
+        "window": args.window,
+        "batch": args.batch,
+        "rate": args.rate,
+        "acked": acked,
+        "ackedPerSecond": n as f64 / acked_secs,
+        "appliedOnAllPerSecond": n as f64 / applied_secs,
+        "latencyMs": {
+            "p50": percentile(&latencies, 0.50), "p99": percentile(&latencies, 0.99),
+            "p999": percentile(&latencies, 0.999), "max": latencies.last().copied().unwrap_or(f64::NAN),
+        },
+        "framesPerWrite": frames / n as f64,
+        "bytesPerWrite": bytes / n as f64,
+        "perNode": nodes,
+        "everyNodeHoldsEveryWrite": complete,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        let l = &report["latencyMs"];
+        println!(
+            "nodes {}  writes {} of {} bytes  window {}  batch {}  rate {}",
+            urls.len(),
+            n,
+            args.value_size,
+            args.window,
+            args.batch,
+            if args.rate == 0 {
+                "max".into()
+            } else {
+                args.rate.to_string()
+            }
+        );
+        println!(
+            "acknowledged at the origin   {:>10.0} writes/s",
+            report["ackedPerSecond"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "applied on every node        {:>10.0} writes/s",
+            report["appliedOnAllPerSecond"].as_f64().unwrap_or(0.0)
+        );
+        println!(
+            "publish to applied on all    p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            l["p50"].as_f64().unwrap_or(f64::NAN),
+            l["p99"].as_f64().unwrap_or(f64::NAN),
+            l["p999"].as_f64().unwrap_or(f64::NAN),
+            l["max"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!(
+            "frames per write {:.3}   bytes per write {:.0}",
+            report["framesPerWrite"].as_f64().unwrap_or(0.0),
+            report["bytesPerWrite"].as_f64().unwrap_or(0.0)
+        );
+        for node in &nodes {
+            println!(
+                "node {}: cpu {:.2} s, peak RSS {:.1} MiB",
+                node["node"],
+                node["cpuSeconds"].as_f64().unwrap_or(f64::NAN),
+                node["peakRssMiB"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        println!(
+            "every node holds every write: {}",
+            if complete { "yes" } else { "NO" }
+        );
+    }
+    if !complete {
+        bail!("not every node applied every write: {seen_per_node:?} of {n}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_rank() {
+        let v: Vec<f64> = (1..=1000).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.5), 500.0);
+        assert_eq!(percentile(&v, 0.99), 990.0);
+        assert_eq!(percentile(&v, 0.999), 999.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn keys_carry_the_write_index() {
+        assert_eq!(index_of("bench:7:42", "bench:7:"), Some(42));
+        assert_eq!(index_of("bench:8:42", "bench:7:"), None);
+        assert_eq!(items(r#"[{"a":1},{"b":2}]"#).len(), 2);
+        assert_eq!(items(r#"{"a":1}"#).len(), 1);
+    }
+}
