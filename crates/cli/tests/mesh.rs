@@ -601,3 +601,28 @@ async fn an_older_peer_that_sends_no_hello_is_served_and_remembered() {
         .unwrap();
     assert_eq!(got["messagePath"], json!([a.id]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_from_an_app_that_disconnects_before_its_acks_are_still_delivered() {
+    let a = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&a]));
+    a.wait_connected(1).await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let batch: Vec<Value> = (0..500).map(|i| json!({"type": "SK", "key": format!("gone:{i}"), "value": "v", "messageId": format!("gone-{i}")})).collect();
+    app.send(&Value::Array(batch)).await.unwrap();
+    drop(app);
+    // Whatever a recorded, b gets, although nobody waited for the ACKs.
+    eventually("b holds everything a recorded", LONG, || async {
+        let (sa, sb) = (
+            a.status().await.map_err(|e| e.to_string())?,
+            b.status().await.map_err(|e| e.to_string())?,
+        );
+        let recorded = sa["journalMessages"].as_u64().unwrap_or(0);
+        if recorded > 0 && sa["outboxDepth"] == 0 && sb["journalMessages"] == recorded {
+            Ok(())
+        } else {
+            Err(format!("a {sa}\nb {sb}"))
+        }
+    })
+    .await;
+}

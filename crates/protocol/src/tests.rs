@@ -264,3 +264,12 @@ fn last_writer_wins_by_hlc_then_origin() {
     );
     assert!(v(1, "a").supersedes(None));
 }
+
+#[test]
+fn weights_round_trip_exactly() {
+    // Found by fuzzing: a weight must decode to the same number on every node, including
+    // after this node re-encodes it for forwarding.
+    let text = r#"{"type":"SW","key":"k","value":{"a":133333333333333333333333333333333333333333333333333333333333333333333333333333333333333.5,"b":0.1,"c":-1e-300}}"#;
+    let m = one(text).unwrap();
+    assert_eq!(one(&m.encode()).unwrap(), m);
+}
