@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Side by side: Slipstream, Redis (primary + 2 replicas) and NATS JetStream (3-node cluster,
+# stream with 3 replicas), on this machine, loopback, same message count and size.
+# Not part of CI. Needs the Debian packages redis-server and nats-server, and python3 (it
+# installs nats-py from PyPI into a temporary virtualenv).
+#
+#   bench/compare.sh [MESSAGES] [VALUE_SIZE]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESSAGES=${1:-100000}
+SIZE=${2:-100}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+cargo build --release -q --bin slipstream
+echo "== Slipstream: 3 nodes, full mesh, every write fsynced on every node"
+slip=$(./target/release/slipstream bench --nodes 3 --messages "$MESSAGES" --value-size "$SIZE" --json)
+slip_rate=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["appliedOnAllPerSecond"]))' "$slip")
+echo "$slip"
+
+echo "== Redis: primary + 2 replicas, pipelined SET (no persistence, then AOF everysec)"
+redis_run() {
+  local extra=$1 p r1 r2
+  p=$(free_port); r1=$(free_port); r2=$(free_port)
+  for port in "$p" "$r1" "$r2"; do
+    mkdir -p "$work/redis-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" $extra --dir "$work/redis-$port" --daemonize no >/dev/null &
+    pids+=($!)
+  done
+  sleep 0.5
+  redis-cli -p "$r1" replicaof 127.0.0.1 "$p" >/dev/null
+  redis-cli -p "$r2" replicaof 127.0.0.1 "$p" >/dev/null
+  sleep 1
+  redis-benchmark -p "$p" -t set -n "$MESSAGES" -d "$SIZE" -P 100 -r 1000000 -q 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1 | awk '{print int($1)}'
+}
+redis_plain=$(redis_run "--appendonly no")
+redis_aof=$(redis_run "--appendonly yes --appendfsync everysec")
+echo "no persistence: $redis_plain SET/s; AOF everysec: $redis_aof SET/s"
+
+echo "== NATS JetStream: 3-node cluster, stream with 3 replicas, async publish"
+python3 -m venv "$work/venv" >/dev/null && "$work/venv/bin/pip" install -q nats-py >/dev/null
+c1=$(free_port); c2=$(free_port); c3=$(free_port); n1=$(free_port); n2=$(free_port); n3=$(free_port)
+routes="nats-route://127.0.0.1:$c1,nats-route://127.0.0.1:$c2,nats-route://127.0.0.1:$c3"
+for i in 1 2 3; do
+  eval port=\$n$i; eval cport=\$c$i
+  nats-server -a 127.0.0.1 -p "$port" -js -sd "$work/nats-$i" --name "n$i" --cluster_name bench \
+    --cluster "nats://127.0.0.1:$cport" --routes "$routes" >/dev/null 2>&1 &
+  pids+=($!)
+done
+sleep 3
+nats_rate=$("$work/venv/bin/python" - "$n1" "$MESSAGES" "$SIZE" <<'PY'
+import asyncio, sys, time
+import nats
+async def main(port, n, size):
+    nc = await nats.connect(f"nats://127.0.0.1:{port}")
+    js = nc.jetstream()
+    await js.add_stream(name="BENCH", subjects=["bench"], num_replicas=3)
+    payload = b"x" * size
+    start = time.perf_counter()
+    window = []
+    for i in range(n):
+        window.append(asyncio.ensure_future(js.publish("bench", payload)))
+        if len(window) >= 1000:
+            await asyncio.gather(*window)
+            window = []
+    await asyncio.gather(*window)
+    print(int(n / (time.perf_counter() - start)))
+    await nc.close()
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
+PY
+)
+echo "$nats_rate publishes/s acknowledged by the stream"
+
+echo
+printf "%-58s %12s %8s\n" "system ($MESSAGES writes of $SIZE bytes)" "writes/s" "slip/this"
+printf '%-58s %12s %8s\n' "Slipstream, applied on all 3 nodes, fsync per commit" "$slip_rate" "1.00"
+for row in "Redis primary+2 replicas, pipelined, no persistence:$redis_plain" "Redis primary+2 replicas, pipelined, AOF everysec:$redis_aof" "NATS JetStream, 3 replicas, async publish (Python client):$nats_rate"; do
+  name=${row%:*}; rate=${row##*:}
+  printf '%-58s %12s %8s\n' "$name" "$rate" "$(python3 -c "print(f'{$slip_rate/max($rate,1):.2f}')")"
+done
