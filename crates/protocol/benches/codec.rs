@@ -10,13 +10,25 @@ fn codec(c: &mut Criterion) {
     let batch = format!("[{}]", vec![SK; 100].join(","));
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("decode one SK", |b| b.iter(|| decode_frame(std::hint::black_box(SK), &limits).unwrap()));
+    g.bench_function("decode one SK", |b| {
+        b.iter(|| decode_frame(std::hint::black_box(SK), &limits).unwrap())
+    });
     let msg = decode_frame(SK, &limits).unwrap().remove(0).unwrap();
-    g.bench_function("encode one SK", |b| b.iter(|| std::hint::black_box(&msg).encode()));
+    g.bench_function("encode one SK", |b| {
+        b.iter(|| std::hint::black_box(&msg).encode())
+    });
     g.throughput(Throughput::Elements(100));
-    g.bench_function("decode a batch of 100", |b| b.iter(|| decode_frame(std::hint::black_box(&batch), &limits).unwrap()));
-    let msgs: Vec<_> = decode_frame(&batch, &limits).unwrap().into_iter().map(Result::unwrap).collect();
-    g.bench_function("encode a batch of 100", |b| b.iter(|| encode_batch(std::hint::black_box(&msgs))));
+    g.bench_function("decode a batch of 100", |b| {
+        b.iter(|| decode_frame(std::hint::black_box(&batch), &limits).unwrap())
+    });
+    let msgs: Vec<_> = decode_frame(&batch, &limits)
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    g.bench_function("encode a batch of 100", |b| {
+        b.iter(|| encode_batch(std::hint::black_box(&msgs)))
+    });
     g.finish();
 }
 

@@ -7,7 +7,12 @@ use slipstream_router::{KnownPeer, Router, RouterConfig, Sender};
 fn route(c: &mut Criterion) {
     let mut router = Router::new(RouterConfig::new("b"));
     router.upsert_peer("a", KnownPeer::default());
-    router.upsert_peer("c", KnownPeer { tags: vec!["aws".into()] });
+    router.upsert_peer(
+        "c",
+        KnownPeer {
+            tags: vec!["aws".into()],
+        },
+    );
     let msg = Message {
         env: Envelope {
             message_id: Some("m".into()),
@@ -17,7 +22,10 @@ fn route(c: &mut Criterion) {
             hlc: Some(Hlc::new(1_700_000_000_000, 0)),
             ..Envelope::default()
         },
-        body: Body::Set { key: "order:1".into(), value: Value::String("x".repeat(100)) },
+        body: Body::Set {
+            key: "order:1".into(),
+            value: Value::String("x".repeat(100)),
+        },
     };
     let from = Sender::Peer("a".into());
     let mut g = c.benchmark_group("router");

@@ -12,42 +12,56 @@ fn record(i: u64) -> Record {
         origin: "a".into(),
         hlc: Hlc::new(1_700_000_000_000 + i, 0),
         path: vec!["a".into()],
-        body: format!(r#"{{"type":"SK","key":"k{i}","value":"{}","messageId":"m{i}"}}"#, "x".repeat(100)).into(),
-        apply: Some(Apply::Set { key: format!("k{i}"), value: Value::String("x".repeat(100)) }),
+        body: format!(
+            r#"{{"type":"SK","key":"k{i}","value":"{}","messageId":"m{i}"}}"#,
+            "x".repeat(100)
+        )
+        .into(),
+        apply: Some(Apply::Set {
+            key: format!("k{i}"),
+            value: Value::String("x".repeat(100)),
+        }),
         queue_apply: false,
         recipients: vec!["b".into(), "c".into()],
     }
 }
 
 fn commit(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path(), None, StorageOptions::default()).unwrap();
     let mut next = 0u64;
     let mut g = c.benchmark_group("storage");
     g.throughput(Throughput::Elements(100));
     g.sample_size(30);
-    g.bench_function("record 100 writes with 2 deliveries each (one commit)", |b| {
-        b.iter_batched(
-            || {
-                let batch: Vec<Record> = (next..next + 100).map(record).collect();
-                next += 100;
-                batch
-            },
-            |batch| {
-                rt.block_on(async {
-                    let mut waiting = Vec::with_capacity(batch.len());
-                    for r in batch {
-                        waiting.push(storage.submit(r).await.unwrap());
-                    }
-                    for w in waiting {
-                        w.await.unwrap().unwrap();
-                    }
-                })
-            },
-            BatchSize::SmallInput,
-        )
-    });
+    g.bench_function(
+        "record 100 writes with 2 deliveries each (one commit)",
+        |b| {
+            b.iter_batched(
+                || {
+                    let batch: Vec<Record> = (next..next + 100).map(record).collect();
+                    next += 100;
+                    batch
+                },
+                |batch| {
+                    rt.block_on(async {
+                        let mut waiting = Vec::with_capacity(batch.len());
+                        for r in batch {
+                            waiting.push(storage.submit(r).await.unwrap());
+                        }
+                        for w in waiting {
+                            w.await.unwrap().unwrap();
+                        }
+                    })
+                },
+                BatchSize::SmallInput,
+            )
+        },
+    );
     g.finish();
 }
 
