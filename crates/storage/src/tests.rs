@@ -444,3 +444,29 @@ async fn queued_applies_wait_in_order_until_confirmed() {
     assert_eq!(left.len(), 1);
     assert!(left[0].body.contains("q2"));
 }
+
+#[tokio::test]
+async fn a_failing_operation_fails_alone_and_the_rest_of_its_batch_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    // Sabotage one table from outside, so operations on it fail with an SQL error.
+    rusqlite::Connection::open(database_file(dir.path()))
+        .unwrap()
+        .execute_batch("DROP TABLE apply_queue")
+        .unwrap();
+    let first = s.submit(rec("r1", "k1", "v", 1, "a", &[])).await.unwrap();
+    let (failed, second) = tokio::join!(
+        s.applied(vec![1]),
+        s.submit(rec("r2", "k2", "v", 2, "a", &[]))
+    );
+    assert!(failed.is_err(), "the sabotaged operation reports its error");
+    assert!(matches!(
+        first.await.unwrap().unwrap(),
+        Recorded::New { .. }
+    ));
+    assert!(matches!(
+        second.unwrap().await.unwrap().unwrap(),
+        Recorded::New { .. }
+    ));
+    assert_eq!(s.message_count().await.unwrap(), 2, "both writes committed");
+}

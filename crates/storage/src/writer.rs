@@ -2,10 +2,11 @@
 //!
 //! It takes the first queued operation, then whatever else is already queued (up to
 //! `max_batch`), runs them all in one transaction, commits once (one fsync), and only then
-//! answers each caller. A failing operation is rolled back to its own savepoint and answered
-//! with its error; the others in the batch still commit.
+//! answers each caller. Operations almost never fail, so the batch first runs without
+//! savepoints; if one does fail, the transaction is rolled back and the batch runs again with a
+//! savepoint per operation, so only the failing one is answered with its error.
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::atomic::Ordering;
@@ -31,19 +32,6 @@ pub(crate) enum WriterOp {
     /// Answered after the commit of everything queued before it.
     Flush(Reply<()>),
     Stop(Reply<()>),
-}
-
-/// An answer held back until the commit: it gets the commit's error if the commit fails.
-type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
-
-fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
-    Box::new(move |commit_error: Option<&str>| {
-        let result = match commit_error {
-            Some(e) => Err(StorageError::Corrupt(format!("commit failed: {e}"))),
-            None => result,
-        };
-        let _ = reply.send(result);
-    })
 }
 
 pub(crate) struct Writer {
@@ -90,160 +78,181 @@ impl Writer {
 
     /// Runs one batch in one transaction. Returns whether a `Stop` was in it.
     fn commit_batch(&mut self, batch: &mut Vec<WriterOp>) -> bool {
-        let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        let mut stop = false;
-        let outcome = (|| -> Result<()> {
-            let mut tx = self.conn.transaction()?;
-            for op in batch.drain(..) {
-                if let WriterOp::Stop(_) = op {
-                    stop = true;
-                }
-                answers.push(run_op(&mut tx, op));
+        let ops: Vec<WriterOp> = std::mem::take(batch);
+        let stop = ops.iter().any(|op| matches!(op, WriterOp::Stop(_)));
+        let now = now_ms() as i64;
+        // Fast path: no savepoints. Any error rolls the whole transaction back.
+        let fast = (|| -> Result<Vec<Result<Done>>> {
+            let tx = self.conn.transaction()?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in &ops {
+                results.push(Ok(execute(&tx, op, now)?));
             }
             tx.commit()?;
-            self.stats.commits.fetch_add(1, Ordering::Relaxed);
-            self.stats
-                .ops
-                .fetch_add(answers.len() as u64, Ordering::Relaxed);
-            if let Some(observe) = &self.on_commit {
-                observe(answers.len());
-            }
-            Ok(())
+            Ok(results)
         })();
-        // Ops not reached because the transaction could not even begin get the error too.
-        let commit_error = outcome.err().map(|e| e.to_string());
-        if let Some(e) = &commit_error {
-            tracing::error!(error = %e, "storage commit failed");
-            for op in batch.drain(..) {
-                answers.push(run_failed(op));
+        // Slow path: a savepoint per operation isolates the failing one.
+        let outcome: Result<Vec<Result<Done>>> = fast.or_else(|_| {
+            let mut tx = self.conn.transaction()?;
+            let mut results = Vec::with_capacity(ops.len());
+            for op in &ops {
+                let sp = tx.savepoint()?;
+                let r = execute(&sp, op, now);
+                if r.is_ok() {
+                    sp.commit()?;
+                }
+                results.push(r);
             }
-        }
-        for a in answers {
-            a(commit_error.as_deref());
+            tx.commit()?;
+            Ok(results)
+        });
+        match outcome {
+            Ok(results) => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .ops
+                    .fetch_add(results.len() as u64, Ordering::Relaxed);
+                if let Some(observe) = &self.on_commit {
+                    observe(results.len());
+                }
+                for (op, r) in ops.into_iter().zip(results) {
+                    reply(op, r);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storage commit failed");
+                for op in ops {
+                    reply(
+                        op,
+                        Err(StorageError::Corrupt(format!("commit failed: {e}"))),
+                    );
+                }
+            }
         }
         stop
     }
 }
 
-/// Answers an op that never ran (its transaction could not begin).
-fn run_failed(op: WriterOp) -> Answer {
+/// What an operation produced, sent to its caller after the commit.
+enum Done {
+    Recorded(Recorded),
+    Unit,
+    Count(u64),
+    Peers(Vec<(String, u64)>),
+}
+
+/// Sends an operation's result to its caller.
+fn reply(op: WriterOp, result: Result<Done>) {
+    fn send<T>(reply: Reply<T>, result: Result<Done>, pick: impl FnOnce(Done) -> Option<T>) {
+        let _ = reply.send(result.and_then(|d| {
+            pick(d)
+                .ok_or_else(|| StorageError::Corrupt("writer answered with the wrong type".into()))
+        }));
+    }
     match op {
-        WriterOp::Record(_, r) => answer(r, Err(StorageError::Closed)),
+        WriterOp::Record(_, r) => send(r, result, |d| match d {
+            Done::Recorded(x) => Some(x),
+            _ => None,
+        }),
         WriterOp::MarkSent(_, r)
         | WriterOp::MarkAcked(_, _, r)
         | WriterOp::CountAttempt(_, r)
         | WriterOp::MarkDead(_, _, r)
-        | WriterOp::Flush(r)
         | WriterOp::Applied(_, r)
-        | WriterOp::Stop(r) => answer(r, Err(StorageError::Closed)),
-        WriterOp::PeerMet(_, r) => answer(r, Err(StorageError::Closed)),
-        WriterOp::ReplayDead(_, r) => answer(r, Err(StorageError::Closed)),
-        WriterOp::PurgeDead(r) | WriterOp::Prune(_, r) => answer(r, Err(StorageError::Closed)),
+        | WriterOp::Flush(r)
+        | WriterOp::Stop(r) => send(r, result, |d| matches!(d, Done::Unit).then_some(())),
+        WriterOp::ReplayDead(_, r) => send(r, result, |d| match d {
+            Done::Peers(x) => Some(x),
+            _ => None,
+        }),
+        WriterOp::PurgeDead(r) | WriterOp::PeerMet(_, r) | WriterOp::Prune(_, r) => {
+            send(r, result, |d| match d {
+                Done::Count(x) => Some(x),
+                _ => None,
+            })
+        }
     }
 }
 
-/// Runs one op under its own savepoint.
-fn run_op(tx: &mut Transaction<'_>, op: WriterOp) -> Answer {
-    fn guarded<T>(tx: &mut Transaction<'_>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let sp = tx.savepoint()?;
-        let out = f(&sp)?;
-        sp.commit()?;
-        Ok(out)
-    }
-    let now = now_ms() as i64;
-    match op {
-        WriterOp::Record(rec, reply) => answer(reply, guarded(tx, |c| record(c, &rec, now))),
-        WriterOp::MarkSent(seqs, reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                update_each(
-                    c,
-                    &seqs,
-                    now,
-                    None,
-                    "SET state = 'sent' WHERE seq = ?1 AND state = 'pending'",
-                )
-            }),
-        ),
-        WriterOp::MarkAcked(seqs, note, reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                update_each(
-                    c,
-                    &seqs,
-                    now,
-                    note,
-                    "SET state = 'acked' WHERE seq = ?1 AND state IN ('pending', 'sent')",
-                )
-            }),
-        ),
-        WriterOp::CountAttempt(seqs, reply) => {
-            answer(
-                reply,
-                guarded(tx, |c| {
-                    update_each(c, &seqs, now, None, "SET attempts = attempts + 1 WHERE seq = ?1 AND state IN ('pending', 'sent')")
-                }),
-            )
+/// Runs one operation inside the batch's transaction.
+fn execute(c: &Connection, op: &WriterOp, now: i64) -> Result<Done> {
+    Ok(match op {
+        WriterOp::Record(rec, _) => Done::Recorded(record(c, rec, now)?),
+        WriterOp::MarkSent(seqs, _) => {
+            update_each(
+                c,
+                seqs,
+                now,
+                None,
+                "SET state = 'sent' WHERE seq = ?1 AND state = 'pending'",
+            )?;
+            Done::Unit
         }
-        WriterOp::MarkDead(seqs, note, reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                update_each(
-                    c,
-                    &seqs,
-                    now,
-                    Some(&note),
-                    "SET state = 'dead', attempts = attempts + 1 WHERE seq = ?1 AND state IN ('pending', 'sent')",
-                )
-            }),
-        ),
-        WriterOp::ReplayDead(seqs, reply) => {
-            answer(reply, guarded(tx, |c| replay_dead(c, seqs.as_deref(), now)))
+        WriterOp::MarkAcked(seqs, note, _) => {
+            update_each(
+                c,
+                seqs,
+                now,
+                *note,
+                "SET state = 'acked' WHERE seq = ?1 AND state IN ('pending', 'sent')",
+            )?;
+            Done::Unit
         }
-        WriterOp::PurgeDead(reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                Ok(c.execute("DELETE FROM deliveries WHERE state = 'dead'", [])? as u64)
-            }),
-        ),
-        WriterOp::PeerMet(peer, reply) => answer(reply, guarded(tx, |c| peer_met(c, &peer, now))),
-        WriterOp::Prune(before, reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                c.execute(
-                    "DELETE FROM deliveries WHERE state = 'acked' AND updated_at < ?1",
-                    params![before as i64],
-                )?;
-                // Tombstones and expired keys go after the retention period too.
-                c.execute(
-                    "DELETE FROM kv WHERE (kind = 'deleted' AND updated_at < ?1)
-                     OR (expires_at IS NOT NULL AND expires_at < ?1)",
-                    params![before as i64],
-                )?;
-                Ok(c.execute(
-                    "DELETE FROM messages WHERE received_at < ?1
-                     AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)
-                     AND NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.msg = messages.id)",
-                    params![before as i64],
-                )? as u64)
-            }),
-        ),
-        WriterOp::Applied(seqs, reply) => answer(
-            reply,
-            guarded(tx, |c| {
-                let mut st = c.prepare_cached("DELETE FROM apply_queue WHERE seq = ?1")?;
-                for s in &seqs {
-                    st.execute(params![s])?;
-                }
-                Ok(())
-            }),
-        ),
-        WriterOp::Flush(reply) | WriterOp::Stop(reply) => answer(reply, Ok(())),
-    }
+        WriterOp::CountAttempt(seqs, _) => {
+            update_each(
+                c,
+                seqs,
+                now,
+                None,
+                "SET attempts = attempts + 1 WHERE seq = ?1 AND state IN ('pending', 'sent')",
+            )?;
+            Done::Unit
+        }
+        WriterOp::MarkDead(seqs, note, _) => {
+            update_each(
+                c,
+                seqs,
+                now,
+                Some(note),
+                "SET state = 'dead', attempts = attempts + 1 WHERE seq = ?1 AND state IN ('pending', 'sent')",
+            )?;
+            Done::Unit
+        }
+        WriterOp::ReplayDead(seqs, _) => Done::Peers(replay_dead(c, seqs.as_deref(), now)?),
+        WriterOp::PurgeDead(_) => {
+            Done::Count(c.execute("DELETE FROM deliveries WHERE state = 'dead'", [])? as u64)
+        }
+        WriterOp::PeerMet(peer, _) => Done::Count(peer_met(c, peer, now)?),
+        WriterOp::Prune(before, _) => {
+            let before = *before as i64;
+            c.execute(
+                "DELETE FROM deliveries WHERE state = 'acked' AND updated_at < ?1",
+                params![before],
+            )?;
+            // Tombstones and expired keys go after the retention period too.
+            c.execute(
+                "DELETE FROM kv WHERE (kind = 'deleted' AND updated_at < ?1)
+                 OR (expires_at IS NOT NULL AND expires_at < ?1)",
+                params![before],
+            )?;
+            Done::Count(c.execute(
+                "DELETE FROM messages WHERE received_at < ?1
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)
+                 AND NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.msg = messages.id)",
+                params![before],
+            )? as u64)
+        }
+        WriterOp::Applied(seqs, _) => {
+            let mut st = c.prepare_cached("DELETE FROM apply_queue WHERE seq = ?1")?;
+            for s in seqs {
+                st.execute(params![s])?;
+            }
+            Done::Unit
+        }
+        WriterOp::Flush(_) | WriterOp::Stop(_) => Done::Unit,
+    })
 }
 
-/// Runs one `UPDATE deliveries` per seq. `change` is the statement after the table name, with
-/// `?1` for the seq; every update also stamps `updated_at` and, when given, `note`.
 fn update_each(
     c: &Connection,
     seqs: &[i64],
