@@ -189,6 +189,23 @@ impl TestNode {
         self.spawn()
     }
 
+    /// Waits until the node has printed a line containing `needle` (its output is read by a
+    /// thread, so a line written a moment ago may not be here yet).
+    pub async fn wait_for_log(&self, needle: &str) {
+        eventually(
+            &format!("{} logs {needle:?}", self.id),
+            Duration::from_secs(30),
+            || async {
+                if self.logs().contains(needle) {
+                    Ok(())
+                } else {
+                    Err("not logged yet".into())
+                }
+            },
+        )
+        .await;
+    }
+
     /// Everything the node printed so far.
     pub fn logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
