@@ -291,7 +291,13 @@ fn hostile(rng: &mut StdRng, i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_hostile_frames_cost_the_node_nothing() {
-    let a = start(NodeOptions::default().env("SLIPSTREAM_MAX_INVALID_PER_SECOND", "1000000"));
+    // The bystander reads nothing while the attack runs, so it answers no pings: the heartbeat
+    // is long enough that the node does not close it as dead meanwhile.
+    let a = start(
+        NodeOptions::default()
+            .env("SLIPSTREAM_MAX_INVALID_PER_SECOND", "1000000")
+            .env("SLIPSTREAM_HEARTBEAT_SECONDS", "30"),
+    );
     let b = start(NodeOptions::dialing(&[&a]));
     a.wait_connected(1).await;
     let mut bystander = WsClient::app(&a.ws_url()).await.unwrap();
