@@ -297,7 +297,9 @@ impl Node {
             }
             Decision::Accept(a) => a,
         };
-        if let (Sender::Client, Some(sink)) = (from, reply) {
+        // Only reads and commands are answered (RES); a plain write needs no reply route.
+        let answered = is_request || command.is_some();
+        if let (Sender::Client, Some(sink), true) = (from, reply, answered) {
             self.requests.expect(accepted.message_id.clone(), sink);
         }
         if is_request {

@@ -21,7 +21,15 @@ pub enum ReplySink {
 
 pub struct Requests {
     timeout: Duration,
-    pending: Mutex<HashMap<String, (ReplySink, Instant)>>,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    waiting: HashMap<String, (ReplySink, Instant)>,
+    /// When expired entries were last swept: sweeping on every insert would cost a pass over
+    /// the whole map per request.
+    swept: Option<Instant>,
 }
 
 impl Requests {
@@ -32,7 +40,7 @@ impl Requests {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ReplySink, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -40,8 +48,19 @@ impl Requests {
     pub fn expect(&self, message_id: String, sink: ReplySink) {
         let now = Instant::now();
         let mut pending = self.lock();
-        pending.retain(|_, (_, until)| *until > now);
-        pending.insert(message_id, (sink, now + self.timeout));
+        if pending.swept.is_none_or(|at| now >= at + self.timeout) {
+            pending.waiting.retain(|_, (_, until)| *until > now);
+            pending.swept = Some(now);
+        }
+        pending
+            .waiting
+            .insert(message_id, (sink, now + self.timeout));
+    }
+
+    /// Requests still waiting for answers (expired ones may linger until the next sweep).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().waiting.len()
     }
 
     /// Hands an answer to whoever asked; false when nobody waits for it (any more).
@@ -49,7 +68,7 @@ impl Requests {
         let Body::Res(r) = &res.body else {
             return false;
         };
-        let sink = match self.lock().get(&r.in_reply_to) {
+        let sink = match self.lock().waiting.get(&r.in_reply_to) {
             Some((sink, until)) if *until > Instant::now() => sink.clone(),
             _ => return false,
         };
@@ -88,5 +107,18 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().in_reply_to, "r1");
         tokio::time::advance(Duration::from_secs(6)).await;
         assert!(!requests.deliver(&res("r1")), "too late");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expired_requests_are_swept_once_per_timeout() {
+        let requests = Requests::new(Duration::from_secs(5));
+        let (tx, _rx) = mpsc::channel(4);
+        for i in 0..100 {
+            requests.expect(format!("r{i}"), ReplySink::Collect(tx.clone()));
+        }
+        assert_eq!(requests.len(), 100, "no sweep within the timeout");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        requests.expect("late".into(), ReplySink::Collect(tx));
+        assert_eq!(requests.len(), 1, "the expired ones went in one sweep");
     }
 }

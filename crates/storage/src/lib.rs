@@ -396,8 +396,9 @@ impl Storage {
         self.call(|r| WriterOp::PeerMet(peer, r)).await
     }
 
-    /// Deletes acknowledged deliveries and fully delivered messages older than `before_ms`.
-    /// Returns how many messages went.
+    /// Deletes messages received before `before_ms` that every recipient acknowledged, with
+    /// their acknowledged rows (and tombstones and expired keys older than that). Returns how
+    /// many messages went.
     pub async fn prune(&self, before_ms: u64) -> Result<u64> {
         self.call(|r| WriterOp::Prune(before_ms, r)).await
     }

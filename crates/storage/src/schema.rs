@@ -7,6 +7,7 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = OFF;
 PRAGMA busy_timeout = 5000;
+PRAGMA temp_store = MEMORY;
 ";
 
 pub const SCHEMA: &str = "
@@ -44,9 +45,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     updated_at INTEGER NOT NULL,
     note       TEXT
 );
+-- Indexes cost a B-tree write on every state change, so only these: open rows per peer (the
+-- outbox), rows per message (pruning), and the dead letters. Acknowledged rows are pruned with
+-- their message, by the message's age.
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (peer, seq) WHERE state IN ('pending', 'sent');
-CREATE INDEX IF NOT EXISTS deliveries_state ON deliveries (state, updated_at);
 CREATE INDEX IF NOT EXISTS deliveries_msg ON deliveries (msg);
+CREATE INDEX IF NOT EXISTS deliveries_dead ON deliveries (seq) WHERE state = 'dead';
+DROP INDEX IF EXISTS deliveries_state;
 
 -- Peers met through HELLO (or learnt from sourceInstanceId): they stay recipients while down.
 CREATE TABLE IF NOT EXISTS peers (

@@ -26,6 +26,8 @@ use crate::telemetry;
 
 /// Most writes from one connection waiting for their commit; past it, reading pauses.
 const MAX_PENDING_COMMITS: usize = 8192;
+/// Most pushed writes sent to a local app in one frame.
+const MAX_PUSH_BATCH: usize = 256;
 /// How long an outbound connection waits for the peer's HELLO before treating it as an older
 /// implementation that sends none.
 const HELLO_WAIT: Duration = Duration::from_secs(5);
@@ -415,8 +417,44 @@ impl Conn {
     fn on_push(&mut self, push: Result<Arc<str>, broadcast::error::RecvError>) -> Result<(), End> {
         match push {
             Ok(body) => {
-                self.text(body.to_string());
-                Ok(())
+                // Everything already queued goes in the same frame (the array form), up to the
+                // frame limit: one frame per write would cost a syscall and a WebSocket frame
+                // per write and per app.
+                let budget = self.node.cfg.limits.max_frame_bytes;
+                let mut bytes = body.len() + 2;
+                let mut bodies = vec![body];
+                let mut lagged = None;
+                if let Some(rx) = self.pushes.as_mut() {
+                    while bodies.len() < MAX_PUSH_BATCH {
+                        match rx.try_recv() {
+                            Ok(next) => {
+                                bytes += next.len() + 1;
+                                bodies.push(next);
+                                if bytes >= budget {
+                                    break;
+                                }
+                            }
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                lagged = Some(n);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // A push that would take the frame over the limit goes alone in the next one.
+                let mut carry = None;
+                if bytes > budget && bodies.len() > 1 {
+                    carry = bodies.pop();
+                }
+                self.text(slipstream_protocol::join_encoded(&bodies));
+                if let Some(last) = carry {
+                    self.text(last.to_string());
+                }
+                match lagged {
+                    Some(n) => self.on_push(Err(broadcast::error::RecvError::Lagged(n))),
+                    None => Ok(()),
+                }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::error!(instance_id = %self.node.id, conn = self.id, skipped = n, "local app too slow for pushed writes; closing so it reconnects and re-reads");
