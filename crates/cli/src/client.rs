@@ -85,6 +85,7 @@ async fn connect(conn: &Conn) -> anyhow::Result<Ws> {
         cluster_group_id: None,
         role: Role::Client,
         protocol_version: PROTOCOL_VERSION,
+        delivers_to: None,
     });
     ws.send(WsMessage::Text(hello.encode().into())).await?;
     Ok(ws)

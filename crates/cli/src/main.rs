@@ -103,6 +103,12 @@ struct RunArgs {
     /// Testing aid: delay each frame to a peer by a random 0..N milliseconds. Default: 0
     #[arg(long, env = "SLIPSTREAM_DELIVERY_JITTER_MS")]
     delivery_jitter_ms: Option<String>,
+    /// How writes spread: `direct` (the origin sends each write to every peer itself, others
+    /// forward only what it asks them to because its own link is down: N-1 sends per write) or
+    /// `flood` (every node forwards every new write to every peer not on its path: O(N^2)
+    /// sends, but no node waits for an origin to forward). Default: direct
+    #[arg(long, env = "SLIPSTREAM_FORWARDING")]
+    forwarding: Option<String>,
     /// If set, incoming WebSocket upgrades need `Authorization: Bearer <token>`; a comma list
     /// accepts several tokens (for rotation). Default: unset
     #[arg(long, env = "SLIPSTREAM_AUTH_TOKEN")]
@@ -181,6 +187,7 @@ impl RunArgs {
             cmd_allow: self.cmd_allow,
             request_timeout_seconds: self.request_timeout_seconds,
             delivery_jitter_ms: self.delivery_jitter_ms,
+            forwarding: self.forwarding,
             redis_dedup: self.redis_dedup,
             max_batch: self.max_batch,
             max_path: self.max_path,

@@ -86,6 +86,7 @@ pub struct RawConfig {
     pub cmd_allow: Option<String>,
     pub request_timeout_seconds: Option<String>,
     pub delivery_jitter_ms: Option<String>,
+    pub forwarding: Option<String>,
     pub redis_dedup: Option<String>,
     pub max_batch: Option<String>,
     pub max_path: Option<String>,
@@ -141,6 +142,21 @@ pub struct Config {
     pub delivery_jitter: Duration,
     /// Share dedup through Redis with the other nodes of the cluster group using it.
     pub redis_dedup: bool,
+    /// `SLIPSTREAM_FORWARDING`: `direct` (the origin delivers to every peer it knows itself,
+    /// others forward only what it cannot reach) or `flood` (every receiver forwards to every
+    /// peer not on the path).
+    pub forwarding: Forwarding,
+}
+
+/// How writes spread through the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// N−1 sends per write in a healthy full mesh; a link that is down is routed around by
+    /// handing its backlog to a peer that can reach the other end.
+    Direct,
+    /// Every receiver relays to every peer not on the path: O(N²) sends per write, but every
+    /// node also forwards every write it holds without waiting for its origin.
+    Flood,
 }
 
 impl Config {
@@ -177,6 +193,7 @@ impl Config {
             request_timeout: Duration::from_secs(5),
             delivery_jitter: Duration::ZERO,
             redis_dedup: false,
+            forwarding: Forwarding::Direct,
         }
     }
 
@@ -415,6 +432,17 @@ impl Config {
                 "SLIPSTREAM_DELIVERY_JITTER_MS",
                 0,
             )?),
+            forwarding: match non_empty(&raw.forwarding).map(|s| s.to_ascii_lowercase()) {
+                None => Forwarding::Direct,
+                Some(s) if s == "direct" => Forwarding::Direct,
+                Some(s) if s == "flood" => Forwarding::Flood,
+                Some(s) => {
+                    return Err(invalid(
+                        "SLIPSTREAM_FORWARDING",
+                        format!("{s:?} is not direct or flood"),
+                    ))
+                }
+            },
         })
     }
 }

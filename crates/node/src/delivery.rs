@@ -18,6 +18,7 @@ use slipstream_storage::Outgoing;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use crate::config::Forwarding;
 use crate::net::backoff::doubled;
 use crate::node::Node;
 use crate::telemetry;
@@ -67,6 +68,8 @@ pub struct DeliveryTask {
     /// No later than the earliest in-flight deadline (it may be earlier, after ACKs removed
     /// rows; the timeout then finds nothing expired and recomputes it).
     next_deadline: Option<Instant>,
+    /// While no connection to the peer is up: when to hand its waiting rows to a relay next.
+    next_handoff: Option<Instant>,
 }
 
 enum Event {
@@ -74,6 +77,7 @@ enum Event {
     CanSend(Option<mpsc::OwnedPermit<String>>),
     NewRows,
     Timeout,
+    Handoff,
     Shutdown,
 }
 
@@ -97,7 +101,27 @@ impl DeliveryTask {
             by_id: HashMap::new(),
             more: true,
             next_deadline: None,
+            next_handoff: None,
         }
+        .down_now()
+    }
+
+    /// How long a peer must be unreachable before its rows go to a relay, and how often that
+    /// is tried again while it stays so.
+    fn handoff_grace(&self) -> std::time::Duration {
+        self.node.cfg.retry_base * 2
+    }
+
+    /// The peer has no connection from now: under `direct` forwarding, its rows go to a relay
+    /// if it stays so for the grace period.
+    fn down_now(mut self) -> Self {
+        self.schedule_handoff();
+        self
+    }
+
+    fn schedule_handoff(&mut self) {
+        self.next_handoff = (self.node.cfg.forwarding == Forwarding::Direct)
+            .then(|| Instant::now() + self.handoff_grace());
     }
 
     pub async fn run(mut self) {
@@ -114,6 +138,7 @@ impl DeliveryTask {
                 // A safety net: look at the outbox now and then even without a wake-up.
                 _ = tokio::time::sleep(self.node.cfg.retry_base), if !self.more && self.active.is_some() => Event::NewRows,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.active.is_some() => Event::Timeout,
+                _ = tokio::time::sleep_until(self.next_handoff.unwrap_or_else(Instant::now)), if self.next_handoff.is_some() && self.active.is_none() => Event::Handoff,
             };
             match event {
                 Event::Shutdown | Event::Cmd(None) => break,
@@ -128,6 +153,7 @@ impl DeliveryTask {
                 }
                 Event::NewRows => self.more = true,
                 Event::Timeout => self.on_timeout().await,
+                Event::Handoff => self.hand_off().await,
             }
         }
     }
@@ -156,6 +182,9 @@ impl DeliveryTask {
             } else {
                 Some(self.standby.remove(0))
             };
+            if self.active.is_none() {
+                self.schedule_handoff();
+            }
             // Unanswered sends on the lost connection count for nothing; they go again in order.
             self.restart_from_outbox();
         }
@@ -303,12 +332,19 @@ impl DeliveryTask {
     async fn on_acked(&mut self, ids: Vec<String>) {
         self.node.metrics.acks_received.inc_by(ids.len() as u64);
         let mut seqs = Vec::with_capacity(ids.len());
+        let mut others = Vec::new();
         for id in ids {
             // One ACK settles one row: two messages may share an id across cluster groups.
             if let Some(&seq) = self.by_id.get(&id).and_then(|q| q.front()) {
                 self.settle(seq);
                 seqs.push(seq);
+            } else {
+                others.push(id);
             }
+        }
+        if !others.is_empty() {
+            // Not sent by this task: writes handed to this peer to relay for another.
+            self.node.handoffs_acked(&self.peer, others).await;
         }
         if seqs.is_empty() {
             return;
@@ -366,6 +402,80 @@ impl DeliveryTask {
             }
             for (seq, _) in dead {
                 self.settle(seq);
+            }
+        }
+    }
+}
+
+impl DeliveryTask {
+    /// The peer has been unreachable for the grace period: its waiting rows of writes that
+    /// entered the mesh here go to a connected peer that announced it delivers to this one (so
+    /// it knows it and will store and forward), each marked `relayTo`. Once the relay acknowledges a write, it holds it durably and the
+    /// row here is settled. Rows not acknowledged go again on the next round; the relay
+    /// adds at most one open delivery per write and peer, so a repeat costs nothing.
+    async fn hand_off(&mut self) {
+        self.schedule_handoff();
+        let relay = self
+            .node
+            .peers
+            .views()
+            .into_iter()
+            .filter(|v| v.connected && v.key != self.peer)
+            .map(|v| v.key)
+            .find(|k| self.node.can_relay(k, &self.peer));
+        let Some(relay) = relay else {
+            return;
+        };
+        let rows = match self
+            .node
+            .storage
+            .open_deliveries(&self.peer, 0, MAX_FRAME_ROWS)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                telemetry::storage_failed(&self.node, "read outbox", &e);
+                return;
+            }
+        };
+        let full = rows.len() == MAX_FRAME_ROWS;
+        let mark = format!(
+            "{{\"relayTo\":{},",
+            serde_json::to_string(&[&self.peer]).expect("strings serialize")
+        );
+        let budget = self.node.cfg.limits.max_frame_bytes;
+        let mut bytes = 2;
+        let mut bodies = Vec::with_capacity(rows.len());
+        let mut handed = Vec::with_capacity(rows.len());
+        for row in rows {
+            // Only writes that entered the mesh here: a relay keeps what it was handed until
+            // it reaches the peer itself, so a write is handed on at most once.
+            if row.path.len() != 1 {
+                continue;
+            }
+            let Some(rest) = row.body.strip_prefix('{') else {
+                continue;
+            };
+            let body = format!("{mark}{rest}");
+            if !bodies.is_empty() && bytes + body.len() + 1 > budget {
+                break;
+            }
+            bytes += body.len() + 1;
+            bodies.push(body);
+            handed.push((row.message_id, row.seq));
+        }
+        if bodies.is_empty() {
+            return;
+        }
+        for (id, seq) in &handed {
+            self.node.handed_off(id, &self.peer, *seq);
+        }
+        let frame = slipstream_protocol::join_encoded(&bodies);
+        if self.node.peers.send_now(&relay, &frame) {
+            tracing::info!(instance_id = %self.node.id, peer = %self.peer, relay = %relay, writes = handed.len(), "peer unreachable: handing its waiting writes to a relay");
+            if full {
+                // More are waiting: the next round soon, not after a whole grace period.
+                self.next_handoff = Some(Instant::now() + self.node.cfg.retry_base / 4);
             }
         }
     }

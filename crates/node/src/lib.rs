@@ -26,5 +26,5 @@ pub mod runtime;
 pub mod store;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError, PeerConfig, RawConfig};
+pub use config::{Config, ConfigError, Forwarding, PeerConfig, RawConfig};
 pub use runtime::{run, start, RunningNode, StartError};

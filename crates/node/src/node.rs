@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use slipstream_protocol::{Body, Hlc, Message, Response};
+use slipstream_protocol::{Body, Hello, Hlc, Message, Response, Role, PROTOCOL_VERSION};
 use slipstream_router::{
     Accepted, Decision, KnownPeer, Router, RouterConfig, Sender, URL_KEY_PREFIX,
 };
@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Forwarding};
 use crate::peers::{PeerView, Peers};
 use crate::requests::{ReplySink, Requests};
 use crate::store::{self, redis::RedisStore};
@@ -88,6 +88,9 @@ pub struct Node {
     pub apply_wake: Arc<tokio::sync::Notify>,
     store_error: Mutex<Option<String>>,
     pub requests: Requests,
+    /// Writes handed to a relay because the link to their peer is down, by message id: the
+    /// peer's delivery rows they settle once the relay acknowledges them.
+    handoffs: Mutex<HashMap<String, Vec<(String, i64)>>>,
     pub started: Instant,
     pub ready: AtomicBool,
 }
@@ -158,6 +161,7 @@ impl Node {
             apply_wake: Arc::default(),
             store_error: Mutex::new(None),
             requests: Requests::new(request_timeout),
+            handoffs: Mutex::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
         }))
@@ -189,6 +193,81 @@ impl Node {
             .collect()
     }
 
+    /// This node's HELLO. Under `direct` forwarding it names the peers this node delivers the
+    /// writes of its local apps to itself (`deliversTo`), so receivers do not forward those
+    /// writes to them again.
+    pub fn hello(&self) -> Message {
+        let delivers_to = (self.cfg.forwarding == Forwarding::Direct).then(|| {
+            self.router()
+                .peers()
+                .map(|(k, _)| k)
+                .filter(|k| !k.starts_with(URL_KEY_PREFIX))
+                .cloned()
+                .collect()
+        });
+        Message::hello(Hello {
+            instance_id: self.id.clone(),
+            tags: self.cfg.tags.clone(),
+            cluster_group_id: Some(self.cfg.cluster_group_id.clone()),
+            role: Role::Peer,
+            protocol_version: PROTOCOL_VERSION,
+            delivers_to,
+        })
+    }
+
+    /// A peer's HELLO (first or later) announced which peers it delivers its writes to.
+    pub fn set_coverage(&self, peer: &str, delivers_to: Option<Vec<String>>) {
+        self.router().set_coverage(peer, delivers_to);
+    }
+
+    /// Whether `relay` announced it delivers to `to` directly: it knows `to` and will
+    /// store-and-forward to it, so it can take writes this node cannot deliver itself.
+    pub fn can_relay(&self, relay: &str, to: &str) -> bool {
+        self.router().covers(relay, to)
+    }
+
+    /// Remembers that the delivery row `seq` to `peer` went to a relay as `message_id`.
+    pub fn handed_off(&self, message_id: &str, peer: &str, seq: i64) {
+        let mut h = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+        let rows = h.entry(message_id.to_owned()).or_default();
+        if !rows.iter().any(|(p, s)| p == peer && *s == seq) {
+            rows.push((peer.to_owned(), seq));
+        }
+    }
+
+    /// A relay acknowledged writes its delivery task did not send: those handed to it for a
+    /// peer this node cannot reach. It holds them durably now, so the rows are settled here.
+    pub async fn handoffs_acked(&self, relay: &str, ids: Vec<String>) {
+        let mut settled: Vec<(String, i64)> = Vec::new();
+        {
+            let mut h = self.handoffs.lock().unwrap_or_else(|p| p.into_inner());
+            for id in ids {
+                if let Some(rows) = h.get_mut(&id) {
+                    if let Some(row) = rows.pop() {
+                        settled.push(row);
+                    }
+                    if rows.is_empty() {
+                        h.remove(&id);
+                    }
+                }
+            }
+        }
+        if settled.is_empty() {
+            return;
+        }
+        for (peer, _) in &settled {
+            tracing::debug!(instance_id = %self.id, relay, peer = %peer, "write handed to a relay");
+        }
+        let seqs = settled.into_iter().map(|(_, s)| s).collect();
+        if let Err(e) = self
+            .storage
+            .mark_acked(seqs, Some("relayed: handed to a peer that reaches it"))
+            .await
+        {
+            telemetry::storage_failed(self, "mark relayed", &e);
+        }
+    }
+
     /// A peer said who it is (HELLO, or `sourceInstanceId` from one that sends no HELLO).
     /// Remembers it durably, so it stays a recipient while down, and returns its key.
     pub async fn peer_met(&self, id: &str, hello_tags: Vec<String>, url: Option<&str>) -> String {
@@ -210,12 +289,18 @@ impl Node {
                 0
             }
         };
-        {
+        let new_peer = {
             let mut router = self.router();
+            let new_peer = !router.peers().any(|(k, _)| k == id);
             if let Some(u) = url {
                 router.rename_peer(&format!("{URL_KEY_PREFIX}{u}"), id);
             }
             router.upsert_peer(id, KnownPeer { tags });
+            new_peer
+        };
+        if new_peer && self.cfg.forwarding == Forwarding::Direct {
+            // Tell every connected peer it may leave this one to us from now on.
+            self.peers.broadcast(&self.hello().encode());
         }
         if let Some(u) = url {
             self.url_keys
@@ -391,6 +476,7 @@ impl Node {
             apply,
             queue_apply: queued,
             recipients: accepted.recipients,
+            relay_to: accepted.relay_to,
         };
         let origin = record.origin.clone();
         let message_id = record.message_id.clone();
@@ -463,6 +549,18 @@ impl Node {
                     Committed::Ack {
                         message_id,
                         duplicate: false,
+                    }
+                }
+                Ok(Recorded::Relayed { deliveries }) => {
+                    // A write held already, now also owed to peers its origin cannot reach.
+                    node.router().mark_seen(&message_id, &group, now_ms());
+                    for (peer, _) in &deliveries {
+                        node.peers.notify(peer);
+                    }
+                    tracing::debug!(instance_id = %node.id, message_id = %message_id, peers = ?deliveries.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), "relaying a write for its origin");
+                    Committed::Ack {
+                        message_id,
+                        duplicate: true,
                     }
                 }
                 Ok(Recorded::Duplicate) => {
@@ -673,6 +771,7 @@ impl Node {
                     connections: view.map(|v| v.connections.clone()).unwrap_or_default(),
                     last_seen_unix_ms: view.and_then(|v| v.last_seen_unix_ms),
                     dialer: url.as_ref().and_then(|u| circuits.get(u).cloned()),
+                    delivers_to: self.router().coverage(&key),
                     url,
                     tags,
                     id: key,
@@ -748,6 +847,9 @@ pub struct PeerStatus {
     pub counts: PeerCounts,
     /// The dialer of a configured peer: its circuit.
     pub dialer: Option<CircuitView>,
+    /// The peers it announced it delivers its own writes to (HELLO `deliversTo`); this node
+    /// does not forward its writes to them. `None`: it announced nothing (it is flooded for).
+    pub delivers_to: Option<Vec<String>>,
 }
 
 /// The answer of a `DEL` or `EXPIRE`: 1 when it changed the store, else 0 (as Redis answers).

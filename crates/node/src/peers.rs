@@ -110,6 +110,18 @@ impl Peers {
         tx.is_some_and(|tx| tx.try_send(frame.to_owned()).is_ok())
     }
 
+    /// Sends a frame now to every connected peer (a HELLO with news); best effort.
+    pub fn broadcast(&self, frame: &str) {
+        let senders: Vec<_> = self
+            .lock()
+            .values()
+            .filter_map(|e| e.senders.first().map(|(_, tx)| tx.clone()))
+            .collect();
+        for tx in senders {
+            let _ = tx.try_send(frame.to_owned());
+        }
+    }
+
     /// Records a ping round trip on one of a peer's connections.
     pub fn set_rtt(&self, key: &str, conn_id: u64, rtt_ms: f64) {
         if let Some(entry) = self.lock().get_mut(key) {

@@ -282,6 +282,7 @@ impl<'a> Fields<'a> {
             targeted_tags: self.str_array("targetedTags", 256)?,
             cluster_group_id: self.opt_id("clusterGroupId")?,
             hlc,
+            relay_to: self.str_array("relayTo", limits.max_path)?,
         };
         let body = match ty {
             MessageType::Sk => Body::Set {
@@ -377,6 +378,10 @@ impl<'a> Fields<'a> {
                         )
                     })?,
                 },
+                delivers_to: match self.get("deliversTo") {
+                    None => None,
+                    Some(_) => Some(self.str_array("deliversTo", 4096)?),
+                },
             }),
         };
         Ok(Message { env, body })
@@ -412,6 +417,8 @@ struct Wire<'a> {
     cluster_group_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     hlc: Option<String>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    relay_to: &'a [String],
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -426,6 +433,8 @@ struct Wire<'a> {
     role: Option<Role>,
     #[serde(skip_serializing_if = "Option::is_none")]
     protocol_version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivers_to: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -454,6 +463,7 @@ impl<'a> From<&'a Message> for Wire<'a> {
             targeted_tags: &env.targeted_tags,
             cluster_group_id: env.cluster_group_id.as_deref(),
             hlc: env.hlc.map(|h| h.to_string()),
+            relay_to: &env.relay_to,
             error: None,
             in_reply_to: None,
             instance_id: None,
@@ -461,6 +471,7 @@ impl<'a> From<&'a Message> for Wire<'a> {
             tags: None,
             role: None,
             protocol_version: None,
+            delivers_to: None,
         };
         match &m.body {
             Body::Set { value, .. } => {
@@ -497,6 +508,7 @@ impl<'a> From<&'a Message> for Wire<'a> {
                 w.cluster_group_id = h.cluster_group_id.as_deref();
                 w.role = Some(h.role);
                 w.protocol_version = Some(h.protocol_version);
+                w.delivers_to = h.delivers_to.as_deref();
             }
         }
         w

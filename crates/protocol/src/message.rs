@@ -155,6 +155,10 @@ pub struct Envelope {
     pub targeted_tags: Vec<String>,
     pub cluster_group_id: Option<String>,
     pub hlc: Option<Hlc>,
+    /// `relayTo`: peers the receiving node is asked to deliver this message to even though its
+    /// origin announced it delivers to them itself (the origin's own link to them is down).
+    /// Meaningful only between peers; a relay does not pass it on.
+    pub relay_to: Vec<String>,
 }
 
 impl Envelope {
@@ -173,6 +177,11 @@ pub struct Hello {
     pub cluster_group_id: Option<String>,
     pub role: Role,
     pub protocol_version: u64,
+    /// `deliversTo`: the peers (instance ids) this node delivers the writes that enter the mesh
+    /// through it to directly. A receiver does not forward such writes to them again, which
+    /// brings a healthy full mesh from O(N²) to N−1 sends per write. Absent (an older node, or
+    /// forwarding set to `flood`): every receiver forwards as usual.
+    pub delivers_to: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

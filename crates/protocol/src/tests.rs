@@ -273,3 +273,22 @@ fn weights_round_trip_exactly() {
     let m = one(text).unwrap();
     assert_eq!(one(&m.encode()).unwrap(), m);
 }
+
+#[test]
+fn delivers_to_and_relay_to_round_trip_and_stay_optional() {
+    let hello = one(r#"{"type":"HELLO","instanceId":"a","deliversTo":["b","c"]}"#).unwrap();
+    let Body::Hello(h) = &hello.body else {
+        panic!("not a HELLO")
+    };
+    assert_eq!(h.delivers_to, Some(vec!["b".to_string(), "c".to_string()]));
+    assert_eq!(one(&hello.encode()).unwrap(), hello);
+    let plain = one(r#"{"type":"HELLO","instanceId":"a"}"#).unwrap();
+    assert!(matches!(&plain.body, Body::Hello(h) if h.delivers_to.is_none()));
+    assert!(!plain.encode().contains("deliversTo"));
+
+    let m =
+        one(r#"{"type":"SK","key":"k","value":"v","messagePath":["a"],"relayTo":["c"]}"#).unwrap();
+    assert_eq!(m.env.relay_to, vec!["c"]);
+    assert_eq!(one(&m.encode()).unwrap(), m);
+    assert!(reason(r#"{"type":"SK","key":"k","value":"v","relayTo":"c"}"#).contains("relayTo"));
+}

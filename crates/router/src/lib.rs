@@ -12,7 +12,7 @@
 
 mod seen;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use slipstream_protocol::{Hlc, HlcClock, Invalid, Message, DEFAULT_CLUSTER_GROUP};
 
@@ -74,6 +74,9 @@ pub struct Accepted {
     pub apply: bool,
     /// Peer keys (instance ids, or `url:…` for configured peers not met yet) to deliver to.
     pub recipients: Vec<String>,
+    /// The recipients the sender asked this node to relay to (`relayTo`): if the write is
+    /// already recorded here, deliveries to them are added to it.
+    pub relay_to: Vec<String>,
 }
 
 /// A peer the router may forward to.
@@ -114,6 +117,8 @@ pub struct Router {
     clock: HlcClock,
     peers: BTreeMap<String, KnownPeer>,
     seen: SeenCache,
+    /// Per origin: the peers it announced (HELLO `deliversTo`) it delivers its writes to itself.
+    covered: HashMap<String, BTreeSet<String>>,
 }
 
 impl Router {
@@ -124,7 +129,33 @@ impl Router {
             clock: HlcClock::new(),
             peers: BTreeMap::new(),
             seen,
+            covered: HashMap::new(),
         }
+    }
+
+    /// What a peer announced in its HELLO `deliversTo`: the peers it delivers the writes that
+    /// enter the mesh through it to directly. `None` (an older node, or one that floods)
+    /// forgets the announcement, so its writes are forwarded by every receiver again.
+    pub fn set_coverage(&mut self, origin: &str, delivers_to: Option<Vec<String>>) {
+        match delivers_to {
+            Some(ids) => {
+                self.covered
+                    .insert(origin.to_owned(), ids.into_iter().collect());
+            }
+            None => {
+                self.covered.remove(origin);
+            }
+        }
+    }
+
+    /// What `peer` announced it delivers its own writes to, if anything.
+    pub fn coverage(&self, peer: &str) -> Option<Vec<String>> {
+        self.covered.get(peer).map(|c| c.iter().cloned().collect())
+    }
+
+    /// Whether `peer` announced it delivers its own writes to `to` directly.
+    pub fn covers(&self, peer: &str, to: &str) -> bool {
+        self.covered.get(peer).is_some_and(|c| c.contains(to))
     }
 
     pub fn instance_id(&self) -> &str {
@@ -197,6 +228,8 @@ impl Router {
                 }
                 msg.env.origin_instance_id = Some(me.clone());
                 msg.env.message_path = vec![me.clone()];
+                // Only a peer may ask this node to relay.
+                msg.env.relay_to.clear();
             }
             Sender::Peer(_) => {
                 if let Err(invalid) = msg.check_from_peer() {
@@ -211,7 +244,11 @@ impl Router {
                         message_id,
                     };
                 }
-                if self.seen.contains(&message_id, msg.env.group(), now_ms) {
+                // A relay request for a write this node already holds still goes on to the
+                // journal, which adds the requested deliveries to the stored write.
+                if msg.env.relay_to.is_empty()
+                    && self.seen.contains(&message_id, msg.env.group(), now_ms)
+                {
                     return Decision::Drop {
                         reason: DropReason::Duplicate,
                         message_id,
@@ -235,12 +272,18 @@ impl Router {
         }
         msg.env.source_instance_id = Some(me);
         let recipients = self.recipients(from, &msg);
+        // The relay request was for this hop only: the forwarded form does not carry it.
+        let relay_to: Vec<String> = std::mem::take(&mut msg.env.relay_to)
+            .into_iter()
+            .filter(|p| recipients.contains(p))
+            .collect();
         Decision::Accept(Box::new(Accepted {
             message_id: msg.env.message_id.clone().unwrap_or_default(),
             group: msg.env.group().to_owned(),
             hlc: msg.env.hlc.unwrap_or_default(),
             apply: self.applies_here(&msg.env.targeted_tags),
             recipients,
+            relay_to,
             message: msg,
         }))
     }
@@ -255,11 +298,23 @@ impl Router {
             return Vec::new();
         }
         let targeted = &msg.env.targeted_tags;
+        // Peers the origin delivers this write to itself are left to it: that is what brings a
+        // healthy full mesh to N−1 sends per write. Only for untargeted writes, where the
+        // origin's choice of recipients cannot depend on tags it may know differently; and
+        // never for peers the sender explicitly asked this node to relay to (its own link to
+        // them is down).
+        let covered = match (&msg.env.origin_instance_id, targeted.is_empty()) {
+            (Some(origin), true) => self.covered.get(origin),
+            _ => None,
+        };
         self.peers
             .iter()
             .filter(|(key, _)| !matches!(from, Sender::Peer(id) if id == *key))
             .filter(|(key, _)| !msg.env.message_path.contains(key))
             .filter(|(_, p)| targeted.is_empty() || p.tags.iter().any(|t| targeted.contains(t)))
+            .filter(|(key, _)| {
+                msg.env.relay_to.contains(key) || !covered.is_some_and(|c| c.contains(*key))
+            })
             .map(|(key, _)| key.clone())
             .collect()
     }

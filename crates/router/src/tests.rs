@@ -188,3 +188,51 @@ fn a_configured_peer_keyed_by_url_is_renamed_when_met() {
         .collect();
     assert_eq!(keys, vec![("b".to_string(), vec!["aws".to_string()])]);
 }
+
+#[test]
+fn peers_the_origin_delivers_to_itself_are_left_to_it() {
+    let mut r = router("b", &[("a", &[]), ("c", &["aws"]), ("d", &["aws"])]);
+    r.set_coverage("a", Some(vec!["b".into(), "c".into()]));
+    let a = accepted(r.route(&Sender::Peer("a".into()), relayed("m1", &["a"]), 1));
+    assert_eq!(
+        a.recipients,
+        vec!["d"],
+        "c is covered by the origin, d is not"
+    );
+
+    // A targeted write is forwarded as before: the origin may know c's tags differently.
+    let mut targeted = relayed("m2", &["a"]);
+    targeted.env.targeted_tags = vec!["aws".into()];
+    let a = accepted(r.route(&Sender::Peer("a".into()), targeted, 1));
+    assert_eq!(a.recipients, vec!["c", "d"]);
+
+    // Asked to relay to c (the origin's link to it is down): c is a recipient again, and the
+    // forwarded form does not carry the request on.
+    let mut relay = relayed("m3", &["a"]);
+    relay.env.relay_to = vec!["c".into()];
+    let a = accepted(r.route(&Sender::Peer("a".into()), relay.clone(), 1));
+    assert_eq!(a.recipients, vec!["c", "d"]);
+    assert_eq!(a.relay_to, vec!["c"]);
+    assert!(a.message.env.relay_to.is_empty());
+    // Even once seen: the journal adds the delivery to the write it holds.
+    r.mark_seen("m3", "singleton", 1);
+    assert!(matches!(
+        r.route(&Sender::Peer("a".into()), relay, 2),
+        Decision::Accept(_)
+    ));
+
+    // An origin that withdrew its announcement (or never made one) is flooded for.
+    r.set_coverage("a", None);
+    let a = accepted(r.route(&Sender::Peer("a".into()), relayed("m4", &["a"]), 1));
+    assert_eq!(a.recipients, vec!["c", "d"]);
+    assert!(!r.covers("a", "c"));
+}
+
+#[test]
+fn a_local_app_cannot_ask_for_a_relay() {
+    let mut r = router("a", &[("b", &[])]);
+    let mut m = write("k", "v");
+    m.env.relay_to = vec!["b".into()];
+    let a = accepted(r.route(&Sender::Client, m, 1));
+    assert!(a.message.env.relay_to.is_empty());
+}

@@ -23,6 +23,7 @@ fn record(i: u64) -> Record {
         }),
         queue_apply: false,
         recipients: vec!["b".into(), "c".into()],
+        relay_to: Vec::new(),
     }
 }
 

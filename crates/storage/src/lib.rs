@@ -63,6 +63,9 @@ pub struct Record {
     /// store in the same transaction.
     pub queue_apply: bool,
     pub recipients: Vec<String>,
+    /// Peers a sender asked this node to relay to: when the write is already in the journal,
+    /// deliveries to them are added to it (unless one is still open) instead of nothing.
+    pub relay_to: Vec<String>,
 }
 
 /// What a write does to the store.
@@ -104,6 +107,8 @@ pub enum Recorded {
     },
     /// Its (`messageId`, `clusterGroupId`) is in the journal already.
     Duplicate,
+    /// In the journal already, and the deliveries asked for by `relay_to` were added to it.
+    Relayed { deliveries: Vec<(String, i64)> },
 }
 
 /// A delivery row ready to send.

@@ -23,6 +23,7 @@ fn rec(id: &str, key: &str, value: &str, hlc: u64, origin: &str, recipients: &[&
         }),
         queue_apply: false,
         recipients: recipients.iter().map(|s| s.to_string()).collect(),
+        relay_to: Vec::new(),
     }
 }
 
@@ -469,4 +470,32 @@ async fn a_failing_operation_fails_alone_and_the_rest_of_its_batch_commits() {
         Recorded::New { .. }
     ));
     assert_eq!(s.message_count().await.unwrap(), 2, "both writes committed");
+}
+
+#[tokio::test]
+async fn a_relay_request_adds_deliveries_to_a_recorded_write_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("m1", "k", "v", 1, "a", &[])).await.unwrap();
+    let mut again = rec("m1", "k", "v", 1, "a", &["c"]);
+    assert_eq!(
+        s.record(again.clone()).await.unwrap(),
+        Recorded::Duplicate,
+        "a plain copy changes nothing"
+    );
+    again.relay_to = vec!["c".into()];
+    let Recorded::Relayed { deliveries } = s.record(again.clone()).await.unwrap() else {
+        panic!("expected Relayed")
+    };
+    assert_eq!(deliveries.len(), 1);
+    assert_eq!(
+        s.open_deliveries("c", 0, 10).await.unwrap()[0].message_id,
+        "m1"
+    );
+    // Asked again while that delivery is open: no second row.
+    assert_eq!(
+        s.record(again).await.unwrap(),
+        Recorded::Relayed { deliveries: vec![] }
+    );
+    assert_eq!(s.open_deliveries("c", 0, 10).await.unwrap().len(), 1);
 }

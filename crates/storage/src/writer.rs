@@ -328,7 +328,7 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
             now
         ])?;
     if inserted == 0 {
-        return Ok(Recorded::Duplicate);
+        return relay(c, rec, now);
     }
     let msg = c.last_insert_rowid();
     let changed = match &rec.apply {
@@ -352,6 +352,32 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
         changed,
         deliveries,
     })
+}
+
+/// A write already in the journal: adds the deliveries a sender asked for in `relayTo`, to
+/// peers that have no open delivery of it yet.
+fn relay(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
+    if rec.relay_to.is_empty() {
+        return Ok(Recorded::Duplicate);
+    }
+    let msg: i64 = c
+        .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND cluster_group = ?2")?
+        .query_row(params![rec.message_id, rec.group], |r| r.get(0))?;
+    let mut deliveries = Vec::new();
+    for peer in &rec.relay_to {
+        let added = c
+            .prepare_cached(
+                "INSERT INTO deliveries (msg, peer, state, attempts, updated_at)
+                 SELECT ?1, ?2, 'pending', 0, ?3 WHERE NOT EXISTS (
+                     SELECT 1 FROM deliveries WHERE msg = ?1 AND peer = ?2
+                     AND state IN ('pending', 'sent'))",
+            )?
+            .execute(params![msg, peer, now])?;
+        if added > 0 {
+            deliveries.push((peer.clone(), c.last_insert_rowid()));
+        }
+    }
+    Ok(Recorded::Relayed { deliveries })
 }
 
 /// Applies a write to the embedded store; returns whether the store changed.

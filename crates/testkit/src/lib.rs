@@ -676,3 +676,77 @@ impl TestPki {
         std::fs::read_to_string(self.dir.path().join(file)).expect("written at creation")
     }
 }
+
+/// A TCP proxy on a free port in front of one address: a link between two nodes that a test
+/// can cut (`cut`), closing every connection through it and refusing new ones, while the
+/// nodes and their other links keep running.
+pub struct TcpProxy {
+    addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl TcpProxy {
+    pub fn start(target: SocketAddr) -> Result<TcpProxy> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let (c, s) = (cut.clone(), streams.clone());
+        std::thread::spawn(move || {
+            for inbound in listener.incoming() {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(inbound) = inbound else { continue };
+                let Ok(outbound) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let pairs = [
+                    (inbound.try_clone(), outbound.try_clone()),
+                    (outbound.try_clone(), inbound.try_clone()),
+                ];
+                {
+                    let mut all = s.lock().unwrap_or_else(|p| p.into_inner());
+                    all.extend(inbound.try_clone());
+                    all.extend(outbound.try_clone());
+                }
+                for pair in pairs {
+                    if let (Ok(mut from), Ok(mut to)) = pair {
+                        std::thread::spawn(move || {
+                            let _ = std::io::copy(&mut from, &mut to);
+                            let _ = to.shutdown(std::net::Shutdown::Both);
+                        });
+                    }
+                }
+            }
+        });
+        Ok(TcpProxy { addr, cut, streams })
+    }
+
+    /// `ws://` URL of the proxied node.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// Cuts the link: open connections are closed and new ones refused.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag and closes the listening socket.
+        let _ = std::net::TcpStream::connect(self.addr);
+        for s in self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

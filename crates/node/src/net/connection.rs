@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use slipstream_protocol::{decode_frame, Body, Hello, Message, Role, PROTOCOL_VERSION};
+use slipstream_protocol::{decode_frame, Body, Hello, Message, Role};
 use slipstream_router::Sender;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -115,13 +115,7 @@ where
     };
     node.metrics.active_connections.inc();
     tracing::debug!(instance_id = %node.id, conn = conn.id, remote = %conn.ctx.remote, direction = ?conn.ctx.direction, "connection open");
-    let hello = Message::hello(Hello {
-        instance_id: node.id.clone(),
-        tags: node.cfg.tags.clone(),
-        cluster_group_id: Some(node.cfg.cluster_group_id.clone()),
-        role: Role::Peer,
-        protocol_version: PROTOCOL_VERSION,
-    });
+    let hello = node.hello();
     let heartbeat = node.cfg.heartbeat;
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -352,15 +346,24 @@ impl Conn {
     }
 
     async fn on_hello(&mut self, hello: Hello) -> Result<(), End> {
-        if !matches!(self.who, Who::Unknown) {
-            return Ok(());
-        }
-        match hello.role {
-            Role::Client => {
+        match (&self.who, hello.role) {
+            (Who::Unknown, Role::Client) => {
                 self.become_client();
                 Ok(())
             }
-            Role::Peer => self.become_peer(&hello.instance_id, hello.tags).await,
+            (Who::Unknown, Role::Peer) => {
+                self.become_peer(&hello.instance_id, hello.tags).await?;
+                self.node
+                    .set_coverage(&hello.instance_id, hello.delivers_to);
+                Ok(())
+            }
+            // A later HELLO from the same peer updates what it announced (it met more peers).
+            (Who::Peer(key), Role::Peer) if *key == hello.instance_id => {
+                self.node
+                    .set_coverage(&hello.instance_id, hello.delivers_to);
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
 

@@ -1,0 +1,167 @@
+//! Forwarding: a healthy full mesh sends each write once per peer (the origin delivers it
+//! itself), and a link that goes down is routed around through a relay without losing a
+//! write. Real node processes, real TCP, a real proxy whose link is cut.
+
+use std::time::Duration;
+
+use slipstream_testkit::{eventually, NodeOptions, TcpProxy, TestNode, WsClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
+const LONG: Duration = Duration::from_secs(60);
+
+fn start(opts: NodeOptions) -> TestNode {
+    TestNode::start(BIN, opts).expect("node starts")
+}
+
+fn writes(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{prefix}:{i}"), format!("value-{i}")))
+        .collect()
+}
+
+async fn wait_has_all(node: &TestNode, all: &[(String, String)]) {
+    eventually("every write arrived", LONG, || async {
+        for (k, v) in all {
+            match node.key(k).await.map_err(|e| e.to_string())? {
+                Some(got) if got["value"] == v.as_str() => {}
+                other => return Err(format!("{k}: {other:?}")),
+            }
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// Waits until `node` has heard from `peer` that `peer` delivers its own writes to `to`.
+async fn wait_announced(node: &TestNode, peer: &TestNode, to: &TestNode) {
+    eventually("the announcement arrived", LONG, || async {
+        let status = node.status().await.map_err(|e| e.to_string())?;
+        let announced = status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == peer.id.as_str())
+            .map(|p| p["deliversTo"].clone())
+            .unwrap_or_default();
+        let has = announced
+            .as_array()
+            .is_some_and(|a| a.iter().any(|id| id == to.id.as_str()));
+        has.then_some(())
+            .ok_or_else(|| format!("{} announced {announced}", peer.id))
+    })
+    .await;
+}
+
+async fn sent(node: &TestNode) -> f64 {
+    node.metric("slipstream_messages_sent_total{type=\"SK\"}")
+        .await
+        .unwrap_or(0.0)
+}
+
+async fn mesh(forwarding: &str) -> (TestNode, TestNode, TestNode) {
+    let opts = |o: NodeOptions| o.env("SLIPSTREAM_FORWARDING", forwarding);
+    let a = start(opts(NodeOptions::default()));
+    let b = start(opts(NodeOptions::dialing(&[&a])));
+    let c = start(opts(NodeOptions::dialing(&[&a, &b])));
+    for n in [&a, &b, &c] {
+        n.wait_connected(2).await;
+    }
+    (a, b, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_full_mesh_sends_each_write_once_per_peer() {
+    let (a, b, c) = mesh("direct").await;
+    wait_announced(&b, &a, &c).await;
+    wait_announced(&c, &a, &b).await;
+    let all = writes("direct", 50);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    wait_has_all(&b, &all).await;
+    wait_has_all(&c, &all).await;
+    a.wait_drained().await;
+    assert_eq!(
+        sent(&a).await,
+        100.0,
+        "the origin sends each write to both peers"
+    );
+    assert_eq!(sent(&b).await, 0.0, "b leaves c to the origin");
+    assert_eq!(sent(&c).await, 0.0, "c leaves b to the origin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flooding_relays_every_write_as_well() {
+    let (a, b, c) = mesh("flood").await;
+    let all = writes("flood", 50);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    wait_has_all(&b, &all).await;
+    wait_has_all(&c, &all).await;
+    // Each write is relayed by at least one of b and c: by both, unless one of them had it
+    // from the other before the origin's copy arrived (then that copy is a duplicate).
+    eventually("the relays forwarded", LONG, || async {
+        let (sb, sc) = (sent(&b).await, sent(&c).await);
+        (sb + sc >= 50.0)
+            .then_some(())
+            .ok_or(format!("b sent {sb}, c sent {sc}"))
+    })
+    .await;
+    assert!(
+        b.status().await.unwrap()["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["deliversTo"].is_null()),
+        "a flooding node announces nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_link_is_routed_around_through_a_relay() {
+    // a - b - c all linked, but a reaches c only through a proxy that is then cut.
+    let c = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&c]));
+    let proxy = TcpProxy::start(c.ws_addr).unwrap();
+    let mut a_opts = NodeOptions::dialing(&[&b]);
+    a_opts.peers.push(proxy.ws_url());
+    let a = start(a_opts);
+    for n in [&a, &b, &c] {
+        n.wait_connected(2).await;
+    }
+    wait_announced(&a, &b, &c).await;
+    wait_announced(&b, &a, &c).await;
+
+    proxy.cut();
+    eventually("a sees c gone", LONG, || async {
+        let status = a.status().await.map_err(|e| e.to_string())?;
+        let c_up = status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["id"] == c.id.as_str() && p["connected"] == true);
+        (!c_up).then_some(()).ok_or("still connected".to_string())
+    })
+    .await;
+
+    let all = writes("around", 40);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    wait_has_all(&b, &all).await;
+    wait_has_all(&c, &all).await;
+    a.wait_for_log("handing its waiting writes to a relay")
+        .await;
+    // a's rows for c were settled by b's acknowledgement: nothing waits for the cut link.
+    eventually("a owes c nothing", LONG, || async {
+        let status = a.status().await.map_err(|e| e.to_string())?;
+        let owed = status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == c.id.as_str())
+            .map(|p| p["pending"].as_u64().unwrap_or(0) + p["sent"].as_u64().unwrap_or(0));
+        (owed == Some(0))
+            .then_some(())
+            .ok_or(format!("owed {owed:?}"))
+    })
+    .await;
+}
