@@ -165,3 +165,43 @@ async fn a_cut_link_is_routed_around_through_a_relay() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_an_origin_that_dies_before_delivering_still_arrive() {
+    // a reaches c only through a proxy; a's handoff waits two retry periods of 30 s, so when
+    // the link is cut, a holds c's writes alone. b has them, but leaves c to a. Then a dies.
+    let c = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&c]));
+    let proxy = TcpProxy::start(c.ws_addr).unwrap();
+    let mut a_opts = NodeOptions::dialing(&[&b]).env("SLIPSTREAM_RETRY_IN_N_SECONDS", "30");
+    a_opts.peers.push(proxy.ws_url());
+    let mut a = start(a_opts);
+    for n in [&a, &b, &c] {
+        n.wait_connected(2).await;
+    }
+    wait_announced(&b, &a, &c).await;
+    proxy.cut();
+    eventually("a sees c gone", LONG, || async {
+        let status = a.status().await.map_err(|e| e.to_string())?;
+        let c_up = status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["id"] == c.id.as_str() && p["connected"] == true);
+        (!c_up).then_some(()).ok_or("still connected".to_string())
+    })
+    .await;
+    let all = writes("orphan", 30);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    wait_has_all(&b, &all).await;
+    assert_eq!(
+        c.key("orphan:0").await.unwrap(),
+        None,
+        "c cannot have it yet: only a owes it to c"
+    );
+    a.kill();
+    wait_has_all(&c, &all).await;
+    b.wait_for_log("delivering its recent writes to its peers in its place")
+        .await;
+}

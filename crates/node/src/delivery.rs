@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use slipstream_storage::Outgoing;
+use slipstream_storage::{now_ms, Outgoing};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -25,6 +25,11 @@ use crate::telemetry;
 
 /// Most rows in one frame.
 const MAX_FRAME_ROWS: usize = 256;
+
+/// When a peer that announced it delivers its own writes goes away, the writes received from
+/// it in this window before are delivered by this node too (it may have died before sending
+/// them on). Its own link-down handoff starts after two retry periods, far inside this.
+const TAKE_OVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The connection a delivery task writes to.
 #[derive(Clone, Debug)]
@@ -70,6 +75,9 @@ pub struct DeliveryTask {
     next_deadline: Option<Instant>,
     /// While no connection to the peer is up: when to hand its waiting rows to a relay next.
     next_handoff: Option<Instant>,
+    /// After the connection to the peer dropped: when to deliver its recent writes to the
+    /// peers it announced it delivers to, in its place, and from when (Unix ms).
+    take_over: Option<(Instant, u64)>,
 }
 
 enum Event {
@@ -78,6 +86,7 @@ enum Event {
     NewRows,
     Timeout,
     Handoff,
+    TakeOver,
     Shutdown,
 }
 
@@ -102,6 +111,7 @@ impl DeliveryTask {
             more: true,
             next_deadline: None,
             next_handoff: None,
+            take_over: None,
         }
         .down_now()
     }
@@ -139,6 +149,7 @@ impl DeliveryTask {
                 _ = tokio::time::sleep(self.node.cfg.retry_base), if !self.more && self.active.is_some() => Event::NewRows,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && self.active.is_some() => Event::Timeout,
                 _ = tokio::time::sleep_until(self.next_handoff.unwrap_or_else(Instant::now)), if self.next_handoff.is_some() && self.active.is_none() => Event::Handoff,
+                _ = tokio::time::sleep_until(self.take_over.map_or_else(Instant::now, |(at, _)| at)), if self.take_over.is_some() && self.active.is_none() => Event::TakeOver,
             };
             match event {
                 Event::Shutdown | Event::Cmd(None) => break,
@@ -154,6 +165,11 @@ impl DeliveryTask {
                 Event::NewRows => self.more = true,
                 Event::Timeout => self.on_timeout().await,
                 Event::Handoff => self.hand_off().await,
+                Event::TakeOver => {
+                    if let Some((_, since)) = self.take_over.take() {
+                        self.node.take_over(&self.peer, since).await;
+                    }
+                }
             }
         }
     }
@@ -163,6 +179,8 @@ impl DeliveryTask {
             DeliveryCmd::Attach(conn) => {
                 if self.active.is_none() {
                     self.active = Some(conn);
+                    // Back within the grace period: it delivers its writes itself.
+                    self.take_over = None;
                     self.restart_from_outbox();
                 } else {
                     self.standby.push(conn);
@@ -184,6 +202,10 @@ impl DeliveryTask {
             };
             if self.active.is_none() {
                 self.schedule_handoff();
+                // Writes it sent shortly before going away may not have reached the peers it
+                // delivers to itself: after the grace period, this node sends them too.
+                let since = now_ms().saturating_sub(TAKE_OVER_WINDOW.as_millis() as u64);
+                self.take_over = Some((Instant::now() + self.handoff_grace(), since));
             }
             // Unanswered sends on the lost connection count for nothing; they go again in order.
             self.restart_from_outbox();

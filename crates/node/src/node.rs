@@ -268,6 +268,38 @@ impl Node {
         }
     }
 
+    /// `origin` went away. It announced it delivers its writes to some peers itself, so this
+    /// node did not forward them; it may have died before it did. This node now delivers the
+    /// writes it received from `origin` since `since_ms` to those peers (that it knows) itself.
+    /// A peer that had them already acknowledges the copies as duplicates.
+    pub async fn take_over(&self, origin: &str, since_ms: u64) {
+        let peers: Vec<String> = {
+            let router = self.router();
+            let Some(covered) = router.coverage(origin) else {
+                return;
+            };
+            router
+                .peers()
+                .map(|(k, _)| k.clone())
+                .filter(|k| k != origin && covered.contains(k))
+                .collect()
+        };
+        if peers.is_empty() {
+            return;
+        }
+        match self.storage.take_over(origin, since_ms, peers).await {
+            Ok(added) if !added.is_empty() => {
+                let writes: i64 = added.iter().map(|(_, n)| n).sum();
+                tracing::warn!(instance_id = %self.id, origin, writes, peers = ?added.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), "origin unreachable: delivering its recent writes to its peers in its place");
+                for (peer, _) in &added {
+                    self.peers.notify(peer);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => telemetry::storage_failed(self, "take over", &e),
+        }
+    }
+
     /// A peer said who it is (HELLO, or `sourceInstanceId` from one that sends no HELLO).
     /// Remembers it durably, so it stays a recipient while down, and returns its key.
     pub async fn peer_met(&self, id: &str, hello_tags: Vec<String>, url: Option<&str>) -> String {

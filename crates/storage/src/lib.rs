@@ -401,6 +401,21 @@ impl Storage {
         self.call(|r| WriterOp::PeerMet(peer, r)).await
     }
 
+    /// The origin of some writes went away: this node delivers to `peers` the untargeted
+    /// writes it received from `origin` since `since_ms` that it holds no delivery of yet (the
+    /// origin may have died before delivering them itself). Returns, per peer, how many rows
+    /// were added.
+    pub async fn take_over(
+        &self,
+        origin: &str,
+        since_ms: u64,
+        peers: Vec<String>,
+    ) -> Result<Vec<(String, i64)>> {
+        let origin = origin.to_owned();
+        self.call(|r| WriterOp::TakeOver(origin, since_ms, peers, r))
+            .await
+    }
+
     /// Deletes messages received before `before_ms` that every recipient acknowledged, with
     /// their acknowledged rows (and tombstones and expired keys older than that). Returns how
     /// many messages went.

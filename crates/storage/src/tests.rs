@@ -499,3 +499,50 @@ async fn a_relay_request_adds_deliveries_to_a_recorded_write_once() {
     );
     assert_eq!(s.open_deliveries("c", 0, 10).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn take_over_owes_an_origins_recent_untargeted_writes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    s.record(rec("a1", "k1", "v", 1, "a", &[])).await.unwrap();
+    s.record(rec("a2", "k2", "v", 2, "a", &["c"]))
+        .await
+        .unwrap();
+    s.record(rec("x1", "k3", "v", 3, "x", &[])).await.unwrap();
+    let mut targeted = rec("a3", "k4", "v", 4, "a", &[]);
+    targeted.body = r#"{"type":"SK","messageId":"a3","targetedTags":["gcp"]}"#.into();
+    s.record(targeted).await.unwrap();
+
+    let added = s
+        .take_over("a", 0, vec!["c".into(), "d".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        added,
+        vec![("c".to_string(), 1), ("d".to_string(), 2)],
+        "c already had a2; x1 is another origin's; a3 was targeted"
+    );
+    let ids = |rows: Vec<Outgoing>| rows.into_iter().map(|o| o.message_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(s.open_deliveries("c", 0, 10).await.unwrap()),
+        ["a2", "a1"]
+    );
+    assert_eq!(
+        ids(s.open_deliveries("d", 0, 10).await.unwrap()),
+        ["a1", "a2"]
+    );
+    assert!(
+        s.take_over("a", 0, vec!["c".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "a second take-over adds nothing"
+    );
+    assert!(
+        s.take_over("a", now_ms() + 1000, vec!["e".into()])
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing from a since then"
+    );
+}

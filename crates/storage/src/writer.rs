@@ -27,6 +27,7 @@ pub(crate) enum WriterOp {
     ReplayDead(Option<Vec<i64>>, Reply<Vec<(String, u64)>>),
     PurgeDead(Reply<u64>),
     PeerMet(PeerRow, Reply<u64>),
+    TakeOver(String, u64, Vec<String>, Reply<Vec<(String, i64)>>),
     Prune(u64, Reply<u64>),
     Applied(Vec<i64>, Reply<()>),
     /// Answered after the commit of everything queued before it.
@@ -162,6 +163,7 @@ enum Done {
     Unit,
     Count(u64),
     Peers(Vec<(String, u64)>),
+    Rows(Vec<(String, i64)>),
 }
 
 /// Sends an operation's result to its caller.
@@ -184,6 +186,10 @@ fn reply(op: WriterOp, result: Result<Done>) {
         | WriterOp::Applied(_, r)
         | WriterOp::Flush(r)
         | WriterOp::Stop(r) => send(r, result, |d| matches!(d, Done::Unit).then_some(())),
+        WriterOp::TakeOver(_, _, _, r) => send(r, result, |d| match d {
+            Done::Rows(x) => Some(x),
+            _ => None,
+        }),
         WriterOp::ReplayDead(_, r) => send(r, result, |d| match d {
             Done::Peers(x) => Some(x),
             _ => None,
@@ -246,6 +252,9 @@ fn execute(c: &Connection, op: &WriterOp, now: i64) -> Result<Done> {
             Done::Count(c.execute("DELETE FROM deliveries WHERE state = 'dead'", [])? as u64)
         }
         WriterOp::PeerMet(peer, _) => Done::Count(peer_met(c, peer, now)?),
+        WriterOp::TakeOver(origin, since, peers, _) => {
+            Done::Rows(take_over(c, origin, *since as i64, peers, now)?)
+        }
         WriterOp::Prune(before, _) => {
             let before = *before as i64;
             c.execute(
@@ -352,6 +361,33 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
         changed,
         deliveries,
     })
+}
+
+/// Adds deliveries to `peers` of the untargeted writes that came from `origin` since
+/// `since`, where no delivery of that write to that peer exists yet.
+fn take_over(
+    c: &Connection,
+    origin: &str,
+    since: i64,
+    peers: &[String],
+    now: i64,
+) -> Result<Vec<(String, i64)>> {
+    let mut st = c.prepare_cached(
+        "INSERT INTO deliveries (msg, peer, state, attempts, updated_at)
+         SELECT m.id, ?2, 'pending', 0, ?3 FROM messages m
+         WHERE m.received_at >= ?4 AND m.origin = ?1
+           AND instr(m.body, '\"targetedTags\"') = 0
+           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = m.id AND d.peer = ?2)
+         ORDER BY m.id",
+    )?;
+    let mut added = Vec::new();
+    for peer in peers {
+        let n = st.execute(params![origin, peer, now, since])?;
+        if n > 0 {
+            added.push((peer.clone(), n as i64));
+        }
+    }
+    Ok(added)
 }
 
 /// A write already in the journal: adds the deliveries a sender asked for in `relayTo`, to

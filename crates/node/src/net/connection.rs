@@ -85,6 +85,9 @@ struct Conn {
     /// Invalid messages since `invalid_since` (a one-second window).
     invalid_count: u32,
     invalid_since: Instant,
+    /// The HELLO this connection sent last: sent again once the peer is registered if what
+    /// this node announces changed meanwhile (a broadcast may have missed this connection).
+    hello_sent: String,
 }
 
 /// Serves one connection until it closes or the node shuts down. `connected_at` is the TCP
@@ -112,16 +115,17 @@ where
         acks: Vec::new(),
         invalid_count: 0,
         invalid_since: connected_at,
+        hello_sent: String::new(),
     };
     node.metrics.active_connections.inc();
     tracing::debug!(instance_id = %node.id, conn = conn.id, remote = %conn.ctx.remote, direction = ?conn.ctx.direction, "connection open");
-    let hello = node.hello();
+    conn.hello_sent = node.hello().encode();
     let heartbeat = node.cfg.heartbeat;
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = connected_at + HELLO_WAIT;
     let end = if sink
-        .send(WsMessage::Text(hello.encode().into()))
+        .send(WsMessage::Text(conn.hello_sent.clone().into()))
         .await
         .is_err()
     {
@@ -374,6 +378,11 @@ impl Conn {
         }
         let key = self.node.peer_met(id, tags, self.ctx.url.as_deref()).await;
         self.attach(key).await;
+        let hello = self.node.hello().encode();
+        if hello != self.hello_sent {
+            self.text(hello.clone());
+            self.hello_sent = hello;
+        }
         Ok(())
     }
 
