@@ -290,7 +290,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let mut next = 0;
     while next < n {
         let count = args.batch.min(n - next);
-        in_flight.acquire_many(count as u32).await?.forget();
+        // ACKs free the window; if they stop (the connection closed), say so instead of
+        // waiting forever.
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            in_flight.acquire_many(count as u32),
+        )
+        .await
+        .map_err(|_| anyhow!("ACKs stopped coming after {next} writes"))??
+        .forget();
         if args.rate > 0 {
             let due = start + Duration::from_secs_f64(next as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
@@ -353,23 +361,27 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let applied_secs = last_applied.duration_since(start).as_secs_f64();
     let mut frames = 0.0;
     let mut bytes = 0.0;
+    let mut sends = 0.0;
     for h in https.iter().flatten() {
         frames += metric_sum(h, "slipstream_frames_sent_total").await;
         bytes += metric_sum(h, "slipstream_bytes_sent_total").await;
+        sends += metric_sum(h, "slipstream_messages_sent_total").await;
     }
-    let nodes: Vec<Value> = local
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
-            json!({
-                "node": i + 1,
-                "cpuSeconds": cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0),
-                "peakRssMiB": rss,
-                "applied": seen_per_node.get(i),
-            })
-        })
-        .collect();
+    let mut nodes: Vec<Value> = Vec::new();
+    for (i, l) in local.iter().enumerate() {
+        let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
+        // Group commit at work: how many storage operations shared each commit (and fsync).
+        let ops = metric_sum(&l.http, "slipstream_commit_batch_size_sum").await;
+        let commits = metric_sum(&l.http, "slipstream_commit_batch_size_count").await;
+        nodes.push(json!({
+            "node": i + 1,
+            "cpuSeconds": cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0),
+            "peakRssMiB": rss,
+            "applied": seen_per_node.get(i),
+            "commits": commits,
+            "opsPerCommit": if commits > 0.0 { ops / commits } else { 0.0 },
+        }));
+    }
     let report = json!({
         "nodes": urls.len(),
         "messages": n,
@@ -385,6 +397,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "p999": percentile(&latencies, 0.999), "max": latencies.last().copied().unwrap_or(f64::NAN),
         },
         "framesPerWrite": frames / n as f64,
+        "messagesSentPerWrite": sends / n as f64,
         "bytesPerWrite": bytes / n as f64,
         "perNode": nodes,
         "everyNodeHoldsEveryWrite": complete,
@@ -422,16 +435,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             l["max"].as_f64().unwrap_or(f64::NAN)
         );
         println!(
-            "frames per write {:.3}   bytes per write {:.0}",
+            "sent between nodes per write: {:.2} messages in {:.3} frames, {:.0} bytes",
+            report["messagesSentPerWrite"].as_f64().unwrap_or(0.0),
             report["framesPerWrite"].as_f64().unwrap_or(0.0),
             report["bytesPerWrite"].as_f64().unwrap_or(0.0)
         );
         for node in &nodes {
             println!(
-                "node {}: cpu {:.2} s, peak RSS {:.1} MiB",
+                "node {}: cpu {:.2} s, peak RSS {:.1} MiB, {} commits of {:.1} operations",
                 node["node"],
                 node["cpuSeconds"].as_f64().unwrap_or(f64::NAN),
-                node["peakRssMiB"].as_f64().unwrap_or(f64::NAN)
+                node["peakRssMiB"].as_f64().unwrap_or(f64::NAN),
+                node["commits"],
+                node["opsPerCommit"].as_f64().unwrap_or(0.0)
             );
         }
         println!(

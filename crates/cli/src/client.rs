@@ -86,6 +86,7 @@ async fn connect(conn: &Conn) -> anyhow::Result<Ws> {
         role: Role::Client,
         protocol_version: PROTOCOL_VERSION,
         delivers_to: None,
+        linked_to: None,
     });
     ws.send(WsMessage::Text(hello.encode().into())).await?;
     Ok(ws)

@@ -205,3 +205,35 @@ async fn writes_of_an_origin_that_dies_before_delivering_still_arrive() {
     b.wait_for_log("delivering its recent writes to its peers in its place")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_is_down_waits_at_its_origin_without_relays() {
+    // c is down, not cut off: nobody is linked to it, so a keeps c's writes itself (no
+    // handoff), b sends nothing, and c gets everything from a when it returns.
+    let (a, b, mut c) = mesh("direct").await;
+    wait_announced(&b, &a, &c).await;
+    c.kill();
+    eventually("a sees c gone", LONG, || async {
+        let s = a.status().await.map_err(|e| e.to_string())?;
+        let up = s["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["id"] == c.id.as_str() && p["connected"] == true);
+        (!up).then_some(()).ok_or("still connected".to_string())
+    })
+    .await;
+    let all = writes("waits", 30);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    wait_has_all(&b, &all).await;
+    // Longer than the handoff grace (two retry periods of 0.2 s in the test kit).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.restart().unwrap();
+    wait_has_all(&c, &all).await;
+    assert!(
+        !a.logs().contains("handing its waiting writes to a relay"),
+        "no relay was linked to c"
+    );
+    assert_eq!(sent(&b).await, 0.0, "b relayed nothing");
+}

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use slipstream_storage::{now_ms, Outgoing};
+
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
@@ -25,11 +26,6 @@ use crate::telemetry;
 
 /// Most rows in one frame.
 const MAX_FRAME_ROWS: usize = 256;
-
-/// When a peer that announced it delivers its own writes goes away, the writes received from
-/// it in this window before are delivered by this node too (it may have died before sending
-/// them on). Its own link-down handoff starts after two retry periods, far inside this.
-const TAKE_OVER_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The connection a delivery task writes to.
 #[derive(Clone, Debug)]
@@ -166,8 +162,8 @@ impl DeliveryTask {
                 Event::Timeout => self.on_timeout().await,
                 Event::Handoff => self.hand_off().await,
                 Event::TakeOver => {
-                    if let Some((_, since)) = self.take_over.take() {
-                        self.node.take_over(&self.peer, since).await;
+                    if let Some((_, gone_at)) = self.take_over.take() {
+                        self.node.take_over(&self.peer, gone_at).await;
                     }
                 }
             }
@@ -203,9 +199,9 @@ impl DeliveryTask {
             if self.active.is_none() {
                 self.schedule_handoff();
                 // Writes it sent shortly before going away may not have reached the peers it
-                // delivers to itself: after the grace period, this node sends them too.
-                let since = now_ms().saturating_sub(TAKE_OVER_WINDOW.as_millis() as u64);
-                self.take_over = Some((Instant::now() + self.handoff_grace(), since));
+                // delivers to itself: if it stays away for the grace period, this node sends
+                // them too (see `Node::take_over` for which).
+                self.take_over = Some((Instant::now() + self.handoff_grace(), now_ms()));
             }
             // Unanswered sends on the lost connection count for nothing; they go again in order.
             self.restart_from_outbox();
@@ -283,7 +279,6 @@ impl DeliveryTask {
         let now = Instant::now();
         let mut bodies = Vec::with_capacity(rows.len());
         let mut types: Vec<(String, u64)> = Vec::new();
-        let mut sent = Vec::with_capacity(rows.len());
         let mut skipped = Vec::new();
         // A frame stays under the receiver's frame limit: rows past it wait for the next frame.
         let budget = self.node.cfg.limits.max_frame_bytes;
@@ -319,7 +314,6 @@ impl DeliveryTask {
                     deadline: Some(deadline),
                 },
             );
-            sent.push(row.seq);
             bodies.push(row.body);
             match types.iter_mut().find(|(t, _)| *t == row.msg_type) {
                 Some((_, n)) => *n += 1,
@@ -344,11 +338,8 @@ impl DeliveryTask {
         let frame = slipstream_protocol::join_encoded(&bodies);
         telemetry::frame_sent(&self.node, &self.peer, &types, frame.len());
         permit.send(frame);
-        if !resending {
-            if let Err(e) = self.node.storage.mark_sent(sent).await {
-                telemetry::storage_failed(&self.node, "mark sent", &e);
-            }
-        }
+        // Rows are not marked `sent` here: the first unanswered retry period marks them (see
+        // `count_attempt`), so a delivery acknowledged in time costs no extra row update.
     }
 
     async fn on_acked(&mut self, ids: Vec<String>) {

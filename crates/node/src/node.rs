@@ -91,6 +91,10 @@ pub struct Node {
     /// Writes handed to a relay because the link to their peer is down, by message id: the
     /// peer's delivery rows they settle once the relay acknowledges them.
     handoffs: Mutex<HashMap<String, Vec<(String, i64)>>>,
+    /// Per peer: the peers it announced it is linked to now (HELLO `linkedTo`).
+    links: Mutex<HashMap<String, Vec<String>>>,
+    /// (peer, one it delivers to): since when (Unix ms) it has announced no link to it.
+    unlinked: Mutex<HashMap<(String, String), u64>>,
     pub started: Instant,
     pub ready: AtomicBool,
 }
@@ -162,6 +166,8 @@ impl Node {
             store_error: Mutex::new(None),
             requests: Requests::new(request_timeout),
             handoffs: Mutex::default(),
+            links: Mutex::default(),
+            unlinked: Mutex::default(),
             started: Instant::now(),
             ready: AtomicBool::new(false),
         }))
@@ -205,6 +211,14 @@ impl Node {
                 .cloned()
                 .collect()
         });
+        let linked_to = delivers_to.is_some().then(|| {
+            self.peers
+                .views()
+                .into_iter()
+                .filter(|v| v.connected && !v.key.starts_with(URL_KEY_PREFIX))
+                .map(|v| v.key)
+                .collect()
+        });
         Message::hello(Hello {
             instance_id: self.id.clone(),
             tags: self.cfg.tags.clone(),
@@ -212,18 +226,55 @@ impl Node {
             role: Role::Peer,
             protocol_version: PROTOCOL_VERSION,
             delivers_to,
+            linked_to,
         })
     }
 
-    /// A peer's HELLO (first or later) announced which peers it delivers its writes to.
-    pub fn set_coverage(&self, peer: &str, delivers_to: Option<Vec<String>>) {
-        self.router().set_coverage(peer, delivers_to);
+    /// Sends this node's current HELLO to every connected peer: what it announces changed
+    /// (a peer met, a link up or down).
+    pub fn announce(&self) {
+        if self.cfg.forwarding == Forwarding::Direct {
+            self.peers.broadcast(&self.hello().encode());
+        }
     }
 
-    /// Whether `relay` announced it delivers to `to` directly: it knows `to` and will
-    /// store-and-forward to it, so it can take writes this node cannot deliver itself.
+    /// A peer's HELLO (first or later) announced which peers it delivers its writes to and
+    /// which it is linked to now.
+    pub fn set_coverage(&self, hello: &Hello) {
+        self.router()
+            .set_coverage(&hello.instance_id, hello.delivers_to.clone());
+        let mut links = self.links.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unlinked = self.unlinked.lock().unwrap_or_else(|p| p.into_inner());
+        let origin = &hello.instance_id;
+        unlinked.retain(|(o, _), _| o != origin || hello.linked_to.is_some());
+        if let (Some(now), Some(covered)) = (&hello.linked_to, &hello.delivers_to) {
+            // Since when it holds writes for a peer it delivers to but has no link to.
+            for peer in covered {
+                let key = (origin.clone(), peer.clone());
+                if now.contains(peer) {
+                    unlinked.remove(&key);
+                } else {
+                    unlinked.entry(key).or_insert_with(now_ms);
+                }
+            }
+        }
+        match &hello.linked_to {
+            Some(l) => links.insert(origin.clone(), l.clone()),
+            None => links.remove(origin),
+        };
+    }
+
+    /// Whether `relay` can take writes for `to` that this node cannot deliver itself: it
+    /// announced it delivers to `to` (it knows it and will store and forward) and that it is
+    /// linked to it now.
     pub fn can_relay(&self, relay: &str, to: &str) -> bool {
-        self.router().covers(relay, to)
+        let linked = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(relay)
+            .is_some_and(|l| l.iter().any(|p| p == to));
+        linked && self.router().covers(relay, to)
     }
 
     /// Remembers that the delivery row `seq` to `peer` went to a relay as `message_id`.
@@ -268,35 +319,48 @@ impl Node {
         }
     }
 
-    /// `origin` went away. It announced it delivers its writes to some peers itself, so this
-    /// node did not forward them; it may have died before it did. This node now delivers the
-    /// writes it received from `origin` since `since_ms` to those peers (that it knows) itself.
+    /// `origin` went away at `gone_at` (Unix ms) and stayed away. It announced it delivers
+    /// its writes to some peers itself, so this node did not forward them; it may have died
+    /// before it did. This node now delivers to those peers (that it knows) the writes it
+    /// received from `origin`:
+    /// - for a peer `origin` was linked to at its last announcement, those of the last moments
+    ///   before `gone_at` (three heartbeats, how long a dead link can go unnoticed, plus five
+    ///   seconds): older ones it had delivered;
+    /// - for a peer it was not linked to, every one since it announced that link down: it
+    ///   was holding them for that peer.
+    ///
     /// A peer that had them already acknowledges the copies as duplicates.
-    pub async fn take_over(&self, origin: &str, since_ms: u64) {
-        let peers: Vec<String> = {
+    pub async fn take_over(&self, origin: &str, gone_at: u64) {
+        let recent = gone_at.saturating_sub((self.cfg.heartbeat * 3).as_millis() as u64 + 5000);
+        let mut by_since: std::collections::BTreeMap<u64, Vec<String>> = Default::default();
+        {
             let router = self.router();
             let Some(covered) = router.coverage(origin) else {
                 return;
             };
-            router
-                .peers()
-                .map(|(k, _)| k.clone())
-                .filter(|k| k != origin && covered.contains(k))
-                .collect()
-        };
-        if peers.is_empty() {
-            return;
-        }
-        match self.storage.take_over(origin, since_ms, peers).await {
-            Ok(added) if !added.is_empty() => {
-                let writes: i64 = added.iter().map(|(_, n)| n).sum();
-                tracing::warn!(instance_id = %self.id, origin, writes, peers = ?added.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), "origin unreachable: delivering its recent writes to its peers in its place");
-                for (peer, _) in &added {
-                    self.peers.notify(peer);
+            let unlinked = self.unlinked.lock().unwrap_or_else(|p| p.into_inner());
+            for (k, _) in router.peers() {
+                if k == origin || !covered.contains(k) {
+                    continue;
                 }
+                let since = unlinked
+                    .get(&(origin.to_owned(), k.clone()))
+                    .map_or(recent, |&at| at.min(recent));
+                by_since.entry(since).or_default().push(k.clone());
             }
-            Ok(_) => {}
-            Err(e) => telemetry::storage_failed(self, "take over", &e),
+        }
+        for (since, peers) in by_since {
+            match self.storage.take_over(origin, since, peers).await {
+                Ok(added) if !added.is_empty() => {
+                    let writes: i64 = added.iter().map(|(_, n)| n).sum();
+                    tracing::warn!(instance_id = %self.id, origin, writes, since_unix_ms = since, peers = ?added.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(), "origin unreachable: delivering its recent writes to its peers in its place");
+                    for (peer, _) in &added {
+                        self.peers.notify(peer);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => telemetry::storage_failed(self, "take over", &e),
+            }
         }
     }
 
@@ -330,9 +394,9 @@ impl Node {
             router.upsert_peer(id, KnownPeer { tags });
             new_peer
         };
-        if new_peer && self.cfg.forwarding == Forwarding::Direct {
+        if new_peer {
             // Tell every connected peer it may leave this one to us from now on.
-            self.peers.broadcast(&self.hello().encode());
+            self.announce();
         }
         if let Some(u) = url {
             self.url_keys

@@ -382,6 +382,10 @@ impl<'a> Fields<'a> {
                     None => None,
                     Some(_) => Some(self.str_array("deliversTo", 4096)?),
                 },
+                linked_to: match self.get("linkedTo") {
+                    None => None,
+                    Some(_) => Some(self.str_array("linkedTo", 4096)?),
+                },
             }),
         };
         Ok(Message { env, body })
@@ -435,6 +439,8 @@ struct Wire<'a> {
     protocol_version: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     delivers_to: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linked_to: Option<&'a [String]>,
 }
 
 #[derive(Serialize)]
@@ -472,6 +478,7 @@ impl<'a> From<&'a Message> for Wire<'a> {
             role: None,
             protocol_version: None,
             delivers_to: None,
+            linked_to: None,
         };
         match &m.body {
             Body::Set { value, .. } => {
@@ -509,6 +516,7 @@ impl<'a> From<&'a Message> for Wire<'a> {
                 w.role = Some(h.role);
                 w.protocol_version = Some(h.protocol_version);
                 w.delivers_to = h.delivers_to.as_deref();
+                w.linked_to = h.linked_to.as_deref();
             }
         }
         w

@@ -182,6 +182,9 @@ pub struct Hello {
     /// brings a healthy full mesh from O(N²) to N−1 sends per write. Absent (an older node, or
     /// forwarding set to `flood`): every receiver forwards as usual.
     pub delivers_to: Option<Vec<String>>,
+    /// `linkedTo`: the peers this node has a live connection to right now. A node whose own
+    /// link to a peer is down hands that peer's writes only to a relay linked to it.
+    pub linked_to: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -276,11 +276,13 @@ fn weights_round_trip_exactly() {
 
 #[test]
 fn delivers_to_and_relay_to_round_trip_and_stay_optional() {
-    let hello = one(r#"{"type":"HELLO","instanceId":"a","deliversTo":["b","c"]}"#).unwrap();
+    let hello = one(r#"{"type":"HELLO","instanceId":"a","deliversTo":["b","c"],"linkedTo":["b"]}"#)
+        .unwrap();
     let Body::Hello(h) = &hello.body else {
         panic!("not a HELLO")
     };
     assert_eq!(h.delivers_to, Some(vec!["b".to_string(), "c".to_string()]));
+    assert_eq!(h.linked_to, Some(vec!["b".to_string()]));
     assert_eq!(one(&hello.encode()).unwrap(), hello);
     let plain = one(r#"{"type":"HELLO","instanceId":"a"}"#).unwrap();
     assert!(matches!(&plain.body, Body::Hello(h) if h.delivers_to.is_none()));

@@ -374,7 +374,10 @@ impl Storage {
         self.call(WriterOp::Flush).await
     }
 
-    /// Counts one unanswered send against each row.
+    /// Counts one unanswered send against each row, and marks it `sent` (if it was not
+    /// already): a row is marked sent when a send of it went unanswered for the retry period,
+    /// not on every send, because most are acknowledged sooner and the mark would cost a row
+    /// update per delivery.
     pub async fn count_attempt(&self, seqs: Vec<i64>) -> Result<()> {
         self.call(|r| WriterOp::CountAttempt(seqs, r)).await
     }

@@ -233,7 +233,7 @@ fn execute(c: &Connection, op: &WriterOp, now: i64) -> Result<Done> {
                 seqs,
                 now,
                 None,
-                "SET attempts = attempts + 1 WHERE state IN ('pending', 'sent')",
+                "SET attempts = attempts + 1, state = 'sent' WHERE state IN ('pending', 'sent')",
             )?;
             Done::Unit
         }

@@ -194,6 +194,8 @@ where
     // Detach first, so the delivery task stops counting attempts on this connection at once.
     if let Who::Peer(key) = &conn.who {
         node.peers.detach(key, conn.id).await;
+        // Peers that would hand this one's writes to us must know the link is gone.
+        node.announce();
     }
     if let End::Close(code, reason) = end {
         tracing::debug!(instance_id = %node.id, conn = conn.id, reason = %reason, "closing connection");
@@ -356,15 +358,13 @@ impl Conn {
                 Ok(())
             }
             (Who::Unknown, Role::Peer) => {
+                self.node.set_coverage(&hello);
                 self.become_peer(&hello.instance_id, hello.tags).await?;
-                self.node
-                    .set_coverage(&hello.instance_id, hello.delivers_to);
                 Ok(())
             }
             // A later HELLO from the same peer updates what it announced (it met more peers).
             (Who::Peer(key), Role::Peer) if *key == hello.instance_id => {
-                self.node
-                    .set_coverage(&hello.instance_id, hello.delivers_to);
+                self.node.set_coverage(&hello);
                 Ok(())
             }
             _ => Ok(()),
@@ -378,9 +378,11 @@ impl Conn {
         }
         let key = self.node.peer_met(id, tags, self.ctx.url.as_deref()).await;
         self.attach(key).await;
+        // Every other peer learns of the new link; this one gets the current announcement if
+        // it changed since the HELLO this connection opened with.
         let hello = self.node.hello().encode();
         if hello != self.hello_sent {
-            self.text(hello.clone());
+            self.node.announce();
             self.hello_sent = hello;
         }
         Ok(())
