@@ -623,3 +623,33 @@ async fn writes_from_an_app_that_disconnects_before_its_acks_are_still_delivered
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_reads_only_after_writing_everything_is_served() {
+    // The app sends 10,000 writes of 4 KB before it reads anything: about 40 MB of pushes
+    // come back, far more than the sockets buffer. (The heartbeat is long enough that only a
+    // stall, not the app's slowness to read, would end the connection.) The node must keep reading while its answers wait for the app to read; a node
+    // that stops reading while it writes would leave both ends waiting until the heartbeat
+    // timeout closed the connection.
+    let a = start(NodeOptions::default().env("SLIPSTREAM_HEARTBEAT_SECONDS", "30"));
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let n = 10_000;
+    let value = "x".repeat(4000);
+    for chunk in 0..n / 100 {
+        let batch: Vec<Value> = (chunk * 100..chunk * 100 + 100)
+            .map(|i| json!({"type": "SK", "key": format!("flood:{i}"), "value": value, "messageId": format!("flood-{i}")}))
+            .collect();
+        tokio::time::timeout(Duration::from_secs(20), app.send(&Value::Array(batch)))
+            .await
+            .expect("the node kept reading")
+            .unwrap();
+    }
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < n {
+        let m = app.recv(LONG).await.unwrap();
+        if m["type"] == "ACK" {
+            acked.extend(slipstream_testkit::ack_ids(&m));
+        }
+    }
+    assert_eq!(acked.len(), n);
+}

@@ -26,6 +26,9 @@ use crate::telemetry;
 
 /// Most writes from one connection waiting for their commit; past it, reading pauses.
 const MAX_PENDING_COMMITS: usize = 8192;
+/// Frames queued for the writer task of one connection, on top of what the socket buffers: how
+/// far a remote that writes a lot before it reads can get ahead without stalling its reads.
+const OUT_QUEUE: usize = 256;
 /// Most pushed writes sent to a local app in one frame.
 const MAX_PUSH_BATCH: usize = 256;
 /// How long an outbound connection waits for the peer's HELLO before treating it as an older
@@ -56,6 +59,8 @@ enum Who {
 
 enum Event {
     Shutdown,
+    /// The writer task gave up: the remote stopped reading.
+    WriteStuck,
     Frame(Option<Result<WsMessage, WsError>>),
     Out(String),
     Committed(Committed),
@@ -100,8 +105,20 @@ where
         + Unpin
         + 'static,
 {
-    let (mut sink, mut stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::channel::<String>(64);
+    // Writing happens in a task of its own, so this one keeps reading while a write waits
+    // for the remote to read: two ends that both write a lot and read only between writes
+    // would otherwise wait on each other until the heartbeat timeout ends the connection.
+    let heartbeat = node.cfg.heartbeat;
+    let (out_tx, out_rx) = mpsc::channel::<WsMessage>(OUT_QUEUE);
+    let write_stuck = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(write_frames(
+        sink,
+        out_rx,
+        heartbeat * 3,
+        write_stuck.clone(),
+    ));
     let mut conn = Conn {
         id: node.next_conn_id(),
         node: node.clone(),
@@ -120,11 +137,10 @@ where
     node.metrics.active_connections.inc();
     tracing::debug!(instance_id = %node.id, conn = conn.id, remote = %conn.ctx.remote, direction = ?conn.ctx.direction, "connection open");
     conn.hello_sent = node.hello().encode();
-    let heartbeat = node.cfg.heartbeat;
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = connected_at + HELLO_WAIT;
-    let end = if sink
+    let end = if out_tx
         .send(WsMessage::Text(conn.hello_sent.clone().into()))
         .await
         .is_err()
@@ -137,6 +153,7 @@ where
             let event = tokio::select! {
                 biased;
                 _ = node.shutdown.cancelled() => Event::Shutdown,
+                _ = write_stuck.cancelled() => Event::WriteStuck,
                 Some(done) = conn.commits.next(), if !conn.commits.is_empty() => Event::Committed(done),
                 Some(frame) = rx.recv() => Event::Out(frame),
                 // Pushes before new input: an app that writes fast must not fall behind on
@@ -147,6 +164,7 @@ where
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
             };
             let step = match event {
+                Event::WriteStuck => break End::Closed,
                 Event::Shutdown => {
                     conn.drain_commits().await;
                     Err(End::Close(CloseCode::Away, "node shutting down".into()))
@@ -173,17 +191,22 @@ where
                 }
             };
             conn.flush_acks();
-            // A peer that stops reading must not hold this task (and its reads) forever: a
-            // write that cannot finish within three heartbeats ends the connection, and its
-            // rows go again on the next one.
+            // Frames go to the writer task. Only when its queue is full (the remote has not
+            // read for a while) does this wait, and the writer gives up after three
+            // heartbeats without progress, which ends the connection (its rows go again on
+            // the next one).
             let frames: Vec<WsMessage> = conn.out.drain(..).collect();
-            let write = async {
+            let queued = async {
                 for frame in frames {
-                    sink.feed(frame).await?;
+                    out_tx.send(frame).await.map_err(|_| ())?;
                 }
-                sink.flush().await
+                Ok::<(), ()>(())
             };
-            if !matches!(tokio::time::timeout(heartbeat * 3, write).await, Ok(Ok(()))) {
+            let stuck = tokio::select! {
+                r = queued => r.is_err(),
+                _ = write_stuck.cancelled() => true,
+            };
+            if stuck {
                 break End::Closed;
             }
             if let Err(end) = step {
@@ -199,18 +222,61 @@ where
     }
     if let End::Close(code, reason) = end {
         tracing::debug!(instance_id = %node.id, conn = conn.id, reason = %reason, "closing connection");
-        let close = async {
-            let frame = CloseFrame {
-                code,
-                reason: reason.into(),
-            };
-            let _ = sink.send(WsMessage::Close(Some(frame))).await;
-            let _ = sink.close().await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), close).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            out_tx.send(WsMessage::Close(Some(frame))),
+        )
+        .await;
+    }
+    // The writer sends what is queued, then closes the socket; it is not waited for long.
+    drop(out_tx);
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(2), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
     }
     node.metrics.active_connections.dec();
     tracing::debug!(instance_id = %node.id, conn = conn.id, "connection closed");
+}
+
+/// The writing half of a connection: sends queued frames, several per flush, until the
+/// queue closes, then closes the socket. A write that makes no progress for `stuck_after`
+/// (the remote stopped reading) cancels `stuck`, which ends the connection.
+async fn write_frames<S>(
+    mut sink: S,
+    mut out: mpsc::Receiver<WsMessage>,
+    stuck_after: Duration,
+    stuck: tokio_util::sync::CancellationToken,
+) where
+    S: Sink<WsMessage, Error = WsError> + Unpin,
+{
+    let mut batch = Vec::new();
+    while let Some(first) = out.recv().await {
+        batch.push(first);
+        while batch.len() < 64 {
+            match out.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
+        let write = async {
+            for frame in batch.drain(..) {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        };
+        if !matches!(tokio::time::timeout(stuck_after, write).await, Ok(Ok(()))) {
+            stuck.cancel();
+            return;
+        }
+    }
+    let _ = sink.close().await;
 }
 
 async fn next_push(
