@@ -42,6 +42,14 @@ pub struct BenchArgs {
     /// mean most at a rate the mesh sustains.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Catch-up run: the last node of the local mesh is killed before the writes and started
+    /// again after them. Reports the origin's memory while that node's backlog grows (it
+    /// lives in SQLite) and how fast the returning node catches up.
+    #[arg(long)]
+    catch_up: bool,
+    /// Append each local node's log lines to DIR/node-N.log (to see why a run went wrong).
+    #[arg(long, value_name = "DIR")]
+    logs: Option<std::path::PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -61,7 +69,12 @@ impl Drop for LocalNode {
     }
 }
 
-fn spawn_node(dir: &std::path::Path, i: usize, peers: &[String]) -> anyhow::Result<LocalNode> {
+fn spawn_node(
+    dir: &std::path::Path,
+    i: usize,
+    peers: &[String],
+    logs: Option<&std::path::Path>,
+) -> anyhow::Result<LocalNode> {
     let urls: Vec<Value> = peers.iter().map(|u| json!({ "url": u })).collect();
     let mut child = Command::new(std::env::current_exe()?)
         .arg("run")
@@ -78,9 +91,24 @@ fn spawn_node(dir: &std::path::Path, i: usize, peers: &[String]) -> anyhow::Resu
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut log = match logs {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(d.join(format!("node-{}.log", i + 1)))?,
+            )
+        }
+        None => None,
+    };
     std::thread::spawn(move || {
         // Keep reading, so the node never blocks on a full pipe.
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(f) = log.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if let Ok(v) = serde_json::from_str::<Value>(&line) {
                 if v["message"] == "listening" {
                     let _ = tx.send(v);
@@ -101,6 +129,19 @@ fn spawn_node(dir: &std::path::Path, i: usize, peers: &[String]) -> anyhow::Resu
         ws: format!("ws://{}", field("ws_addr")?),
         http: field("http_addr")?,
     })
+}
+
+/// Current resident memory (MiB) from /proc.
+fn current_rss(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }
 
 /// Per-node CPU seconds and peak RSS (MiB) from /proc.
@@ -187,7 +228,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let (urls, https): (Vec<String>, Vec<Option<String>>) = if args.target.is_empty() {
         for i in 0..args.nodes.max(1) {
             let peers: Vec<String> = local.iter().map(|n| n.ws.clone()).collect();
-            local.push(spawn_node(dir.path(), i, &peers)?);
+            local.push(spawn_node(dir.path(), i, &peers, args.logs.as_deref())?);
         }
         let want = local.len() - 1;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -208,11 +249,27 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        if args.catch_up {
+            if local.len() < 2 {
+                bail!("--catch-up needs at least 2 nodes");
+            }
+            let last = local.last_mut().expect("at least 2");
+            let _ = last.child.kill();
+            let _ = last.child.wait();
+        }
+        let live = if args.catch_up {
+            &local[..local.len() - 1]
+        } else {
+            &local[..]
+        };
         (
-            local.iter().map(|n| n.ws.clone()).collect(),
-            local.iter().map(|n| Some(n.http.clone())).collect(),
+            live.iter().map(|n| n.ws.clone()).collect(),
+            live.iter().map(|n| Some(n.http.clone())).collect(),
         )
     } else {
+        if args.catch_up {
+            bail!("--catch-up needs the local mesh (no --target)");
+        }
         (
             args.target.clone(),
             args.target.iter().map(|_| None).collect(),
@@ -234,8 +291,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         watchers.push(tokio::spawn(async move {
             let mut seen = 0;
             while seen < n {
-                let Some(Ok(WsMessage::Text(t))) = ws.next().await else {
-                    break;
+                // Pings (answered by the WebSocket layer) and other control frames are skipped.
+                let t = match ws.next().await {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => break,
                 };
                 let now = Instant::now();
                 let mut slots = applied[i].lock().unwrap_or_else(|p| p.into_inner());
@@ -266,8 +326,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let mut acked = 0usize;
             let mut last = Instant::now();
             while acked < n {
-                let Some(Ok(WsMessage::Text(t))) = stream.next().await else {
-                    break;
+                let t = match stream.next().await {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(_)) => continue,
+                    _ => break,
                 };
                 for m in items(t.as_str()) {
                     match m["type"].as_str() {
@@ -287,6 +349,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let start = Instant::now();
     let show = !args.json;
+    // The origin's resident memory at every tenth of the writes.
+    let mut origin_rss: Vec<f64> = Vec::new();
     let mut next = 0;
     while next < n {
         let count = args.batch.min(n - next);
@@ -315,6 +379,11 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         sink.send(WsMessage::Text(Value::Array(batch).to_string().into()))
             .await?;
+        if next * 10 / n != (next + count) * 10 / n {
+            if let Some(rss) = local.first().and_then(|l| current_rss(l.child.id())) {
+                origin_rss.push(rss);
+            }
+        }
         next += count;
         if show && next % (n / 20).max(1) < count {
             let bar = "#".repeat(next * 30 / n);
@@ -367,6 +436,52 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         bytes += metric_sum(h, "slipstream_bytes_sent_total").await;
         sends += metric_sum(h, "slipstream_messages_sent_total").await;
     }
+    // Catch-up: the killed node starts again on its data and fetches what it missed.
+    let catch_up = if args.catch_up {
+        let i = local.len() - 1;
+        let outbox = match client::request(&local[0].http, "GET", "/status", None, None).await {
+            Ok((_, body)) => serde_json::from_str::<Value>(&body)
+                .map(|s| s["outboxDepth"].clone())
+                .unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        if show {
+            eprintln!("restarting node {} to catch up on {n} writes", i + 1);
+        }
+        let peers: Vec<String> = local[..i].iter().map(|l| l.ws.clone()).collect();
+        let began = Instant::now();
+        local[i] = spawn_node(dir.path(), i, &peers, args.logs.as_deref())?;
+        let deadline = began + Duration::from_secs(600);
+        loop {
+            let have = match client::request(&local[i].http, "GET", "/status", None, None).await {
+                Ok((_, body)) => serde_json::from_str::<Value>(&body)
+                    .ok()
+                    .and_then(|s| s["journalMessages"].as_u64())
+                    .unwrap_or(0),
+                Err(_) => 0,
+            };
+            if have >= n as u64 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} caught up on {have} of {n} writes in 10 minutes",
+                    i + 1
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let secs = began.elapsed().as_secs_f64();
+        json!({
+            "writes": n,
+            "originOutboxBeforeRestart": outbox,
+            "originRssMiBWhileBacklogGrew": origin_rss,
+            "seconds": secs,
+            "writesPerSecond": n as f64 / secs,
+        })
+    } else {
+        Value::Null
+    };
     let mut nodes: Vec<Value> = Vec::new();
     for (i, l) in local.iter().enumerate() {
         let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
@@ -400,6 +515,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "messagesSentPerWrite": sends / n as f64,
         "bytesPerWrite": bytes / n as f64,
         "perNode": nodes,
+        "catchUp": catch_up,
         "everyNodeHoldsEveryWrite": complete,
     });
     if args.json {
@@ -454,6 +570,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "every node holds every write: {}",
             if complete { "yes" } else { "NO" }
         );
+        let c = &report["catchUp"];
+        if !c.is_null() {
+            println!(
+                "catch-up: {} writes in {:.1} s = {:.0} writes/s; origin outbox before: {}; origin RSS while the backlog grew (MiB): {}",
+                c["writes"],
+                c["seconds"].as_f64().unwrap_or(f64::NAN),
+                c["writesPerSecond"].as_f64().unwrap_or(f64::NAN),
+                c["originOutboxBeforeRestart"],
+                c["originRssMiBWhileBacklogGrew"]
+            );
+        }
     }
     if !complete {
         bail!("not every node applied every write: {seen_per_node:?} of {n}");

@@ -107,7 +107,10 @@ impl RouterConfig {
             cluster_group_id: DEFAULT_CLUSTER_GROUP.to_owned(),
             max_path: 64,
             dedup_ttl_ms: 24 * 3600 * 1000,
-            seen_capacity: 1_000_000,
+            // A few MiB at most, so memory stays flat however many writes go by. Copies of
+            // one write arrive within moments of each other; a duplicate older than this is
+            // still caught by the journal's unique index.
+            seen_capacity: 16_384,
         }
     }
 }
