@@ -41,6 +41,8 @@ pub enum DeliveryCmd {
     /// Rows came back or moved here (dead-letter replay, `url:` rows renamed): read the outbox
     /// again from the start.
     Rewind,
+    /// Rows just committed, in seq order: sent from memory when the task has no backlog.
+    Live(Vec<Outgoing>),
 }
 
 struct InFlight {
@@ -66,6 +68,9 @@ pub struct DeliveryTask {
     by_id: HashMap<String, VecDeque<i64>>,
     /// Whether the outbox may hold rows past the cursor.
     more: bool,
+    /// Rows committed after the cursor, handed over by the writer: while the task has no
+    /// backlog (`more` is false) it sends these instead of reading them back.
+    live: VecDeque<Outgoing>,
     /// No later than the earliest in-flight deadline (it may be earlier, after ACKs removed
     /// rows; the timeout then finds nothing expired and recomputes it).
     next_deadline: Option<Instant>,
@@ -105,6 +110,7 @@ impl DeliveryTask {
             resend: BTreeSet::new(),
             by_id: HashMap::new(),
             more: true,
+            live: VecDeque::new(),
             next_deadline: None,
             next_handoff: None,
             take_over: None,
@@ -132,7 +138,8 @@ impl DeliveryTask {
 
     pub async fn run(mut self) {
         loop {
-            let window_open = self.more && self.inflight.len() < self.node.cfg.delivery_window;
+            let window_open = (self.more || !self.live.is_empty())
+                && self.inflight.len() < self.node.cfg.delivery_window;
             let can_send = self.active.is_some() && (window_open || !self.resend.is_empty());
             let deadline = self.next_deadline;
             let conn_tx = self.active.as_ref().map(|c| c.tx.clone());
@@ -158,7 +165,7 @@ impl DeliveryTask {
                         self.detach(id);
                     }
                 }
-                Event::NewRows => self.more = true,
+                Event::NewRows => self.read_outbox(),
                 Event::Timeout => self.on_timeout().await,
                 Event::Handoff => self.hand_off().await,
                 Event::TakeOver => {
@@ -185,6 +192,7 @@ impl DeliveryTask {
             DeliveryCmd::Detach(id) => self.detach(id),
             DeliveryCmd::Acked(ids) => self.on_acked(ids).await,
             DeliveryCmd::Rewind => self.restart_from_outbox(),
+            DeliveryCmd::Live(rows) => self.on_live(rows),
         }
     }
 
@@ -208,7 +216,30 @@ impl DeliveryTask {
         }
     }
 
+    /// The outbox may hold rows past the cursor: read them from there, in order. Rows handed
+    /// over live would come again from that read, so they are dropped.
+    fn read_outbox(&mut self) {
+        self.more = true;
+        self.live.clear();
+    }
+
+    /// Rows just committed. Taken only when the task is caught up with its outbox (every
+    /// committed row up to the cursor was read) and a connection is up; then rows after the
+    /// cursor are exactly these, in order. Otherwise the outbox read will find them.
+    fn on_live(&mut self, rows: Vec<Outgoing>) {
+        if self.more || self.active.is_none() {
+            return;
+        }
+        let last = self.live.back().map_or(self.cursor, |r| r.seq);
+        self.live.extend(rows.into_iter().filter(|r| r.seq > last));
+        if self.live.len() > self.node.cfg.delivery_window {
+            // Falling behind: read from the database instead of holding more in memory.
+            self.read_outbox();
+        }
+    }
+
     fn restart_from_outbox(&mut self) {
+        self.live.clear();
         self.cursor = 0;
         self.inflight.clear();
         self.resend.clear();
@@ -257,6 +288,10 @@ impl DeliveryTask {
             .delivery_window
             .saturating_sub(self.inflight.len())
             .min(MAX_FRAME_ROWS);
+        if !self.more {
+            let n = room.min(self.live.len());
+            return Some((self.live.drain(..n).collect(), false));
+        }
         match storage.open_deliveries(&self.peer, self.cursor, room).await {
             Ok(rows) => {
                 if rows.len() < room {
@@ -285,7 +320,10 @@ impl DeliveryTask {
         let mut bytes = 2;
         for row in rows {
             if !bodies.is_empty() && bytes + row.body.len() + 1 > budget {
-                self.more |= !resending;
+                if !resending {
+                    // The rest is read again from the cursor on.
+                    self.read_outbox();
+                }
                 break;
             }
             bytes += row.body.len() + 1;
@@ -362,7 +400,6 @@ impl DeliveryTask {
         if seqs.is_empty() {
             return;
         }
-        self.more = true;
         if let Err(e) = self.node.storage.mark_acked(seqs, None).await {
             telemetry::storage_failed(&self.node, "mark acked", &e);
         }

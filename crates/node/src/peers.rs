@@ -144,6 +144,16 @@ impl Peers {
         let _ = tx.send(DeliveryCmd::Acked(ids)).await;
     }
 
+    /// Hands a peer's delivery task rows just committed, to send without reading them back.
+    /// A task that cannot take them now is told to read its outbox instead.
+    pub fn live(&self, key: &str, rows: Vec<slipstream_storage::Outgoing>) {
+        if let Some(entry) = self.lock().get(key) {
+            if entry.delivery.tx.try_send(DeliveryCmd::Live(rows)).is_err() {
+                entry.delivery.new_rows.notify_one();
+            }
+        }
+    }
+
     /// Tells a peer's delivery task that new rows are waiting. A peer without a task (never
     /// connected since start) reads its rows when it connects.
     pub fn notify(&self, key: &str) {

@@ -48,8 +48,15 @@ pub struct RunningNode {
 pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     let metrics = Metrics::new();
     let batch = metrics.commit_batch.clone();
+    // Delivery rows of each commit go straight to the peers' delivery tasks (through a
+    // dispatcher task, since the writer is a plain thread); they read the database only for a
+    // backlog.
+    let (live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel();
     let opts = StorageOptions {
         on_commit: Some(Arc::new(move |ops| batch.observe(ops as f64))),
+        on_deliveries: Some(Arc::new(move |rows| {
+            let _ = live_tx.send(rows);
+        })),
         ..StorageOptions::default()
     };
     let storage = Storage::open(&cfg.storage_path, cfg.instance_id.as_deref(), opts)?;
@@ -84,6 +91,8 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         None => None,
     };
     let node = Node::new(cfg, storage, metrics, redis.clone()).await?;
+    node.tracker
+        .spawn(dispatch_live_rows(node.clone(), live_rx));
     if let Some(redis) = redis {
         node.tracker.spawn(store::applier::run(
             node.clone(),
@@ -165,6 +174,33 @@ async fn prune_loop(node: Arc<Node>) {
         }
         if let Some(redis) = &node.redis {
             store::applier::prune(&node, redis).await;
+        }
+    }
+}
+
+/// Hands each commit's delivery rows to the delivery tasks of their peers, in commit order,
+/// until the node shuts down (rows it does not hand over are read from the outbox later).
+async fn dispatch_live_rows(
+    node: Arc<Node>,
+    mut rows: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, slipstream_storage::Outgoing)>>,
+) {
+    loop {
+        let batch = tokio::select! {
+            _ = node.shutdown.cancelled() => break,
+            batch = rows.recv() => match batch {
+                Some(b) => b,
+                None => break,
+            },
+        };
+        let mut by_peer: Vec<(String, Vec<slipstream_storage::Outgoing>)> = Vec::new();
+        for (peer, row) in batch {
+            match by_peer.iter_mut().find(|(p, _)| *p == peer) {
+                Some((_, list)) => list.push(row),
+                None => by_peer.push((peer, vec![row])),
+            }
+        }
+        for (peer, list) in by_peer {
+            node.peers.live(&peer, list);
         }
     }
 }

@@ -174,11 +174,17 @@ pub struct WriterStats {
 /// Called after each commit with the number of operations it carried.
 pub type CommitObserver = Arc<dyn Fn(usize) + Send + Sync>;
 
+/// Called after each commit with the delivery rows it created for new writes, as (peer, row)
+/// in seq order, so they can be sent without being read back from the database.
+pub type DeliveryObserver = Arc<dyn Fn(Vec<(String, Outgoing)>) + Send + Sync>;
+
 /// Tuning for the writer.
 #[derive(Clone)]
 pub struct StorageOptions {
     /// Told the size of every commit (for a batch-size histogram).
     pub on_commit: Option<CommitObserver>,
+    /// Handed the delivery rows of every commit.
+    pub on_deliveries: Option<DeliveryObserver>,
     /// Most operations grouped into one transaction.
     pub max_batch: usize,
     /// Capacity of the writer's queue; callers wait when it is full (backpressure).
@@ -189,6 +195,7 @@ impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
             on_commit: None,
+            on_deliveries: None,
             max_batch: 1024,
             queue: 16 * 1024,
         }
@@ -255,6 +262,7 @@ impl Storage {
             opts.max_batch.max(1),
             stats.clone(),
             opts.on_commit.clone(),
+            opts.on_deliveries.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("slipstream-writer".into())

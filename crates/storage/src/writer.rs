@@ -13,7 +13,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::{
-    now_ms, Apply, CommitObserver, PeerRow, Record, Recorded, Result, StorageError, WriterStats,
+    now_ms, Apply, CommitObserver, DeliveryObserver, Outgoing, PeerRow, Record, Recorded, Result,
+    StorageError, WriterStats,
 };
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -41,6 +42,7 @@ pub(crate) struct Writer {
     max_batch: usize,
     stats: Arc<WriterStats>,
     on_commit: Option<CommitObserver>,
+    on_deliveries: Option<DeliveryObserver>,
 }
 
 impl Writer {
@@ -50,6 +52,7 @@ impl Writer {
         max_batch: usize,
         stats: Arc<WriterStats>,
         on_commit: Option<CommitObserver>,
+        on_deliveries: Option<DeliveryObserver>,
     ) -> Self {
         Writer {
             conn,
@@ -57,6 +60,7 @@ impl Writer {
             max_batch,
             stats,
             on_commit,
+            on_deliveries,
         }
     }
 
@@ -117,6 +121,12 @@ impl Writer {
                 if let Some(observe) = &self.on_commit {
                     observe(results.len());
                 }
+                if let Some(observe) = &self.on_deliveries {
+                    let rows = new_deliveries(&ops, &results);
+                    if !rows.is_empty() {
+                        observe(rows);
+                    }
+                }
                 for (op, r) in ops.into_iter().zip(results) {
                     reply(op, r);
                 }
@@ -133,6 +143,31 @@ impl Writer {
         }
         stop
     }
+}
+
+/// The delivery rows a committed batch created for new writes, in seq order.
+fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Outgoing)> {
+    let mut rows = Vec::new();
+    for (op, result) in ops.iter().zip(results) {
+        if let (WriterOp::Record(rec, _), Ok(Done::Recorded(Recorded::New { deliveries, .. }))) =
+            (op, result)
+        {
+            for (peer, seq) in deliveries {
+                rows.push((
+                    peer.clone(),
+                    Outgoing {
+                        seq: *seq,
+                        message_id: rec.message_id.clone(),
+                        msg_type: rec.msg_type.to_owned(),
+                        path: rec.path.clone(),
+                        body: rec.body.to_string(),
+                        attempts: 0,
+                    },
+                ));
+            }
+        }
+    }
+    rows
 }
 
 /// A row acknowledged in the same batch that marks it sent skips the `sent` step: it would be
