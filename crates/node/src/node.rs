@@ -824,11 +824,12 @@ impl Node {
             .insert(url.to_owned(), view);
     }
 
-    /// Every known peer with its connections, delivery counts and circuit.
-    pub async fn peer_statuses(&self) -> Vec<PeerStatus> {
+    /// Every known peer with its connections, delivery counts and circuit. Counting the
+    /// acknowledged rows (`with_acked`) scans the outbox: `/status` does, metrics do not.
+    pub async fn peer_statuses(&self, with_acked: bool) -> Vec<PeerStatus> {
         let counts: HashMap<String, PeerCounts> = self
             .storage
-            .peer_counts()
+            .peer_counts(with_acked)
             .await
             .unwrap_or_default()
             .into_iter()
@@ -874,7 +875,7 @@ impl Node {
 
     /// `/status`: who this node is and how each peer is doing.
     pub async fn status(&self) -> serde_json::Value {
-        let peers = self.peer_statuses().await;
+        let peers = self.peer_statuses(true).await;
         let dead: u64 = peers.iter().map(|p| p.counts.dead).sum();
         let outbox: u64 = peers.iter().map(|p| p.counts.pending + p.counts.sent).sum();
         let journal = self.storage.message_count().await.unwrap_or(0);
@@ -895,7 +896,7 @@ impl Node {
     /// just before a scrape.
     pub async fn refresh_gauges(&self) {
         let m = &self.metrics;
-        let peers = self.peer_statuses().await;
+        let peers = self.peer_statuses(false).await;
         m.outbox_pending.set(
             peers
                 .iter()

@@ -581,35 +581,47 @@ impl Storage {
         .await
     }
 
-    /// Delivery counts per peer.
-    pub async fn peer_counts(&self) -> Result<Vec<(String, PeerCounts)>> {
-        self.read(|c| {
-            let mut st = c.prepare(
-                "SELECT peer, state, COUNT(*) FROM deliveries GROUP BY peer, state ORDER BY peer",
+    /// Delivery counts per peer. Open and dead rows are counted through their indexes, so
+    /// this stays cheap for metrics scrapes however many rows are retained; counting the
+    /// acknowledged rows (`with_acked`) scans the outbox and is for `/status` only.
+    pub async fn peer_counts(&self, with_acked: bool) -> Result<Vec<(String, PeerCounts)>> {
+        self.read(move |c| {
+            let mut out: std::collections::BTreeMap<String, PeerCounts> = Default::default();
+            let mut count = |sql: &str, set: fn(&mut PeerCounts, &str, u64)| -> Result<()> {
+                let mut st = c.prepare_cached(sql)?;
+                let rows = st.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)? as u64,
+                    ))
+                })?;
+                for row in rows {
+                    let (peer, state, n) = row?;
+                    set(out.entry(peer).or_default(), &state, n);
+                }
+                Ok(())
+            };
+            count(
+                "SELECT peer, state, COUNT(*) FROM deliveries INDEXED BY deliveries_open
+                 WHERE state IN ('pending', 'sent') GROUP BY peer, state",
+                |c, state, n| match state {
+                    "sent" => c.sent = n,
+                    _ => c.pending = n,
+                },
             )?;
-            let rows = st.query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)? as u64,
-                ))
-            })?;
-            let mut out: Vec<(String, PeerCounts)> = Vec::new();
-            for row in rows {
-                let (peer, state, n) = row?;
-                if out.last().is_none_or(|(p, _)| *p != peer) {
-                    out.push((peer.clone(), PeerCounts::default()));
-                }
-                let counts = &mut out.last_mut().expect("pushed above").1;
-                match state.as_str() {
-                    "pending" => counts.pending = n,
-                    "sent" => counts.sent = n,
-                    "acked" => counts.acked = n,
-                    "dead" => counts.dead = n,
-                    _ => {}
-                }
+            count(
+                "SELECT peer, state, COUNT(*) FROM deliveries INDEXED BY deliveries_dead
+                 WHERE state = 'dead' GROUP BY peer",
+                |c, _, n| c.dead = n,
+            )?;
+            if with_acked {
+                count(
+                    "SELECT peer, state, COUNT(*) FROM deliveries WHERE state = 'acked' GROUP BY peer",
+                    |c, _, n| c.acked = n,
+                )?;
             }
-            Ok(out)
+            Ok(out.into_iter().collect())
         })
         .await
     }

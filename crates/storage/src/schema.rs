@@ -7,7 +7,6 @@ PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = OFF;
 PRAGMA busy_timeout = 5000;
-PRAGMA temp_store = MEMORY;
 ";
 
 pub const SCHEMA: &str = "

@@ -204,7 +204,7 @@ async fn delivery_rows_move_through_their_states_in_order() {
         .await
         .unwrap();
     let counts: std::collections::HashMap<_, _> =
-        s.peer_counts().await.unwrap().into_iter().collect();
+        s.peer_counts(true).await.unwrap().into_iter().collect();
     assert_eq!(
         counts["b"],
         PeerCounts {
