@@ -20,27 +20,16 @@ fn writes(prefix: &str, n: usize) -> Vec<(String, String)> {
 }
 
 async fn wait_has_all(node: &TestNode, all: &[(String, String)]) {
-    eventually("every write arrived", LONG, || async {
-        for (k, v) in all {
-            match node.key(k).await.map_err(|e| e.to_string())? {
-                Some(got) if got["value"] == v.as_str() => {}
-                other => return Err(format!("{k}: {other:?}")),
-            }
-        }
-        Ok(())
-    })
-    .await;
+    node.wait_has_all(all).await;
 }
 
 /// Waits until `node` has heard from `peer` that `peer` delivers its own writes to `to`.
 async fn wait_announced(node: &TestNode, peer: &TestNode, to: &TestNode) {
     eventually("the announcement arrived", LONG, || async {
-        let status = node.status().await.map_err(|e| e.to_string())?;
-        let announced = status["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["id"] == peer.id.as_str())
+        let announced = node
+            .peer_status(&peer.id)
+            .await
+            .map_err(|e| e.to_string())?
             .map(|p| p["deliversTo"].clone())
             .unwrap_or_default();
         let has = announced
@@ -50,6 +39,26 @@ async fn wait_announced(node: &TestNode, peer: &TestNode, to: &TestNode) {
             .ok_or_else(|| format!("{} announced {announced}", peer.id))
     })
     .await;
+}
+
+/// a, b and c, every pair linked; a dials b directly and c through a proxy (c dials no one,
+/// b dials c), so the a–c link can be cut alone. Returns once every announcement b makes
+/// about c has reached a and a's about c has reached b.
+async fn triangle_with_a_proxied_link(
+    a_opts: NodeOptions,
+) -> (TestNode, TestNode, TestNode, TcpProxy) {
+    let c = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&c]));
+    let proxy = TcpProxy::start(c.ws_addr).unwrap();
+    let a = start(NodeOptions {
+        peers: vec![b.ws_url(), proxy.ws_url()],
+        ..a_opts
+    });
+    for n in [&a, &b, &c] {
+        n.wait_connected(2).await;
+    }
+    wait_announced(&b, &a, &c).await;
+    (a, b, c, proxy)
 }
 
 async fn sent(node: &TestNode) -> f64 {
@@ -119,29 +128,10 @@ async fn flooding_relays_every_write_as_well() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_link_is_routed_around_through_a_relay() {
     // a - b - c all linked, but a reaches c only through a proxy that is then cut.
-    let c = start(NodeOptions::default());
-    let b = start(NodeOptions::dialing(&[&c]));
-    let proxy = TcpProxy::start(c.ws_addr).unwrap();
-    let mut a_opts = NodeOptions::dialing(&[&b]);
-    a_opts.peers.push(proxy.ws_url());
-    let a = start(a_opts);
-    for n in [&a, &b, &c] {
-        n.wait_connected(2).await;
-    }
+    let (a, b, c, proxy) = triangle_with_a_proxied_link(NodeOptions::default()).await;
     wait_announced(&a, &b, &c).await;
-    wait_announced(&b, &a, &c).await;
-
     proxy.cut();
-    eventually("a sees c gone", LONG, || async {
-        let status = a.status().await.map_err(|e| e.to_string())?;
-        let c_up = status["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p["id"] == c.id.as_str() && p["connected"] == true);
-        (!c_up).then_some(()).ok_or("still connected".to_string())
-    })
-    .await;
+    a.wait_disconnected_from(&c.id).await;
 
     let all = writes("around", 40);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
@@ -152,12 +142,10 @@ async fn a_cut_link_is_routed_around_through_a_relay() {
         .await;
     // a's rows for c were settled by b's acknowledgement: nothing waits for the cut link.
     eventually("a owes c nothing", LONG, || async {
-        let status = a.status().await.map_err(|e| e.to_string())?;
-        let owed = status["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|p| p["id"] == c.id.as_str())
+        let owed = a
+            .peer_status(&c.id)
+            .await
+            .map_err(|e| e.to_string())?
             .map(|p| p["pending"].as_u64().unwrap_or(0) + p["sent"].as_u64().unwrap_or(0));
         (owed == Some(0))
             .then_some(())
@@ -170,27 +158,12 @@ async fn a_cut_link_is_routed_around_through_a_relay() {
 async fn writes_of_an_origin_that_dies_before_delivering_still_arrive() {
     // a reaches c only through a proxy; a's handoff waits two retry periods of 30 s, so when
     // the link is cut, a holds c's writes alone. b has them, but leaves c to a. Then a dies.
-    let c = start(NodeOptions::default());
-    let b = start(NodeOptions::dialing(&[&c]));
-    let proxy = TcpProxy::start(c.ws_addr).unwrap();
-    let mut a_opts = NodeOptions::dialing(&[&b]).env("SLIPSTREAM_RETRY_IN_N_SECONDS", "30");
-    a_opts.peers.push(proxy.ws_url());
-    let mut a = start(a_opts);
-    for n in [&a, &b, &c] {
-        n.wait_connected(2).await;
-    }
-    wait_announced(&b, &a, &c).await;
-    proxy.cut();
-    eventually("a sees c gone", LONG, || async {
-        let status = a.status().await.map_err(|e| e.to_string())?;
-        let c_up = status["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p["id"] == c.id.as_str() && p["connected"] == true);
-        (!c_up).then_some(()).ok_or("still connected".to_string())
-    })
+    let (mut a, b, c, proxy) = triangle_with_a_proxied_link(
+        NodeOptions::default().env("SLIPSTREAM_RETRY_IN_N_SECONDS", "30"),
+    )
     .await;
+    proxy.cut();
+    a.wait_disconnected_from(&c.id).await;
     let all = writes("orphan", 30);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
@@ -213,16 +186,7 @@ async fn a_peer_that_is_down_waits_at_its_origin_without_relays() {
     let (a, b, mut c) = mesh("direct").await;
     wait_announced(&b, &a, &c).await;
     c.kill();
-    eventually("a sees c gone", LONG, || async {
-        let s = a.status().await.map_err(|e| e.to_string())?;
-        let up = s["peers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|p| p["id"] == c.id.as_str() && p["connected"] == true);
-        (!up).then_some(()).ok_or("still connected".to_string())
-    })
-    .await;
+    a.wait_disconnected_from(&c.id).await;
     let all = writes("waits", 30);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();

@@ -37,21 +37,9 @@ fn writes(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> 
 }
 
 /// Waits until `node` holds every write with its value.
+/// Waits until `node` holds every write with its value.
 async fn wait_has_all(node: &TestNode, all: &[(String, String)]) {
-    eventually(
-        &format!("{} holds all {} writes", node.id, all.len()),
-        LONG,
-        || async {
-            for (k, v) in all {
-                match node.key(k).await.map_err(|e| e.to_string())? {
-                    Some(got) if got["value"] == v.as_str() => {}
-                    other => return Err(format!("{k}: {other:?}")),
-                }
-            }
-            Ok(())
-        },
-    )
-    .await;
+    node.wait_has_all(all).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,6 +254,50 @@ impl TestNode {
     }
 
     /// Waits until this node reports `n` connected peers.
+    /// Waits until this node holds every (key, value) of `writes`.
+    pub async fn wait_has_all(&self, writes: &[(String, String)]) {
+        eventually(
+            &format!("{} holds all {} writes", self.id, writes.len()),
+            Duration::from_secs(60),
+            || async {
+                for (k, v) in writes {
+                    match self.key(k).await.map_err(|e| e.to_string())? {
+                        Some(got) if got["value"] == v.as_str() => {}
+                        other => return Err(format!("{k}: {other:?}")),
+                    }
+                }
+                Ok(())
+            },
+        )
+        .await;
+    }
+
+    /// This node's `/status` entry for the peer with instance id `id`.
+    pub async fn peer_status(&self, id: &str) -> Result<Option<Value>> {
+        let status = self.status().await?;
+        Ok(status["peers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["id"] == id)
+            .cloned())
+    }
+
+    /// Waits until this node reports no connection to the peer `id`.
+    pub async fn wait_disconnected_from(&self, id: &str) {
+        eventually(
+            &format!("{} sees {id} gone", self.id),
+            Duration::from_secs(60),
+            || async {
+                match self.peer_status(id).await.map_err(|e| e.to_string())? {
+                    Some(p) if p["connected"] == true => Err("still connected".into()),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
+    }
+
     pub async fn wait_connected(&self, n: usize) {
         eventually(
             &format!("{} has {n} connected peers", self.id),
