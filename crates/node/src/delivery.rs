@@ -74,8 +74,10 @@ pub struct DeliveryTask {
     /// No later than the earliest in-flight deadline (it may be earlier, after ACKs removed
     /// rows; the timeout then finds nothing expired and recomputes it).
     next_deadline: Option<Instant>,
-    /// While no connection to the peer is up: when to hand its waiting rows to a relay next.
+    /// While no connection to the peer is up: when to hand its waiting rows to a relay next,
+    /// and after which seq the next round reads.
     next_handoff: Option<Instant>,
+    handoff_cursor: i64,
     /// After the connection to the peer dropped: when to deliver its recent writes to the
     /// peers it announced it delivers to, in its place, and from when (Unix ms).
     take_over: Option<(Instant, u64)>,
@@ -113,6 +115,7 @@ impl DeliveryTask {
             live: VecDeque::new(),
             next_deadline: None,
             next_handoff: None,
+            handoff_cursor: 0,
             take_over: None,
         }
         .down_now()
@@ -479,7 +482,7 @@ impl DeliveryTask {
         let rows = match self
             .node
             .storage
-            .open_deliveries(&self.peer, 0, MAX_FRAME_ROWS)
+            .open_deliveries(&self.peer, self.handoff_cursor, MAX_FRAME_ROWS)
             .await
         {
             Ok(rows) => rows,
@@ -489,6 +492,13 @@ impl DeliveryTask {
             }
         };
         let full = rows.len() == MAX_FRAME_ROWS;
+        // Rounds walk the outbox (rows not handed on, such as relayed ones, are passed over);
+        // after the last rows, the next round starts again from the first still open.
+        self.handoff_cursor = if full {
+            rows.last().map_or(0, |r| r.seq)
+        } else {
+            0
+        };
         let mark = format!(
             "{{\"relayTo\":{},",
             serde_json::to_string(&[&self.peer]).expect("strings serialize")
@@ -515,6 +525,9 @@ impl DeliveryTask {
             handed.push((row.message_id, row.seq));
         }
         if bodies.is_empty() {
+            if full {
+                self.next_handoff = Some(Instant::now() + self.node.cfg.retry_base / 4);
+            }
             return;
         }
         for (id, seq) in &handed {
