@@ -367,10 +367,13 @@ async fn a_connection_that_never_completes_its_handshake_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_peer_opens_its_circuit_and_the_node_keeps_serving() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port below the ephemeral range, where nothing listens: a port freed by a listener here
+    // could be taken by a node of another test running at the same time.
+    let closed_port: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    assert!(
+        std::net::TcpStream::connect(closed_port).is_err(),
+        "this test needs nothing listening on {closed_port}"
+    );
     let opts = NodeOptions {
         peers: vec![format!("ws://{closed_port}")],
         env: vec![],
