@@ -68,7 +68,10 @@ async fn sent(node: &TestNode) -> f64 {
 }
 
 async fn mesh(forwarding: &str) -> (TestNode, TestNode, TestNode) {
-    let opts = |o: NodeOptions| o.env("SLIPSTREAM_FORWARDING", forwarding);
+    let opts = |o: NodeOptions| {
+        o.env("SLIPSTREAM_FORWARDING", forwarding)
+            .env("ENABLE_DEBUG_LOGS", "true")
+    };
     let a = start(opts(NodeOptions::default()));
     let b = start(opts(NodeOptions::dialing(&[&a])));
     let c = start(opts(NodeOptions::dialing(&[&a, &b])));
@@ -187,12 +190,20 @@ async fn a_peer_that_is_down_waits_at_its_origin_without_relays() {
     wait_announced(&b, &a, &c).await;
     c.kill();
     a.wait_disconnected_from(&c.id).await;
+    let no_relay = "no peer is linked to it";
+    let rounds = |n: &TestNode| n.logs().matches(no_relay).count();
     let all = writes("waits", 30);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
+    let before = rounds(&a);
     wait_has_all(&b, &all).await;
-    // Longer than the handoff grace (two retry periods of 0.2 s in the test kit).
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A handoff round of a's ran after the writes were recorded, and found no relay.
+    eventually("a handoff round after the writes", LONG, || async {
+        (rounds(&a) > before)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
     c.restart().unwrap();
     wait_has_all(&c, &all).await;
     assert!(

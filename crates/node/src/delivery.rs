@@ -477,6 +477,7 @@ impl DeliveryTask {
             .map(|v| v.key)
             .find(|k| self.node.can_relay(k, &self.peer));
         let Some(relay) = relay else {
+            tracing::debug!(instance_id = %self.node.id, peer = %self.peer, "peer unreachable and no peer is linked to it: its writes wait here");
             return;
         };
         let rows = match self
