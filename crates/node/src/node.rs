@@ -599,10 +599,9 @@ impl Node {
         let effects = self.tracker.spawn(async move {
             let result = committed.await.unwrap_or(Err(StorageError::Closed));
             match result {
-                Ok(Recorded::New {
-                    changed,
-                    deliveries,
-                }) => {
+                // The delivery rows reached their tasks already: the writer hands every
+                // commit's rows over (see `runtime::dispatch_live_rows`).
+                Ok(Recorded::New { changed, .. }) => {
                     node.router().mark_seen(&message_id, &group, now_ms());
                     if let Some(r) = &shared_dedup {
                         let mark = r.mark_seen(&group, &message_id, node.cfg.retention);
@@ -635,9 +634,6 @@ impl Node {
                             node.answer(&request, command_result(changed));
                         }
                     }
-                    // The delivery rows reached their tasks already: the writer hands every
-                    // commit's rows over (see `runtime::dispatch_live_rows`).
-                    let _ = deliveries;
                     Committed::Ack {
                         message_id,
                         duplicate: false,
