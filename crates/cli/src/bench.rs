@@ -131,17 +131,22 @@ fn spawn_node(
     })
 }
 
-/// Current resident memory (MiB) from /proc.
-fn current_rss(pid: u32) -> Option<f64> {
+/// A memory figure of `/proc/<pid>/status` (such as `VmRSS`, `VmHWM`), in MiB.
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()?;
     Some(kb / 1024.0)
+}
+
+/// Current resident memory (MiB).
+fn current_rss(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS")
 }
 
 /// Per-node CPU seconds and peak RSS (MiB) from /proc.
@@ -149,15 +154,7 @@ fn proc_usage(pid: u32) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some((ticks / 100.0, hwm_kb / 1024.0))
+    Some((ticks / 100.0, status_mib(pid, "VmHWM")?))
 }
 
 async fn metric_sum(http: &str, name: &str) -> f64 {

@@ -4,23 +4,13 @@
 
 use std::time::Duration;
 
-use slipstream_testkit::{eventually, NodeOptions, TcpProxy, TestNode, WsClient};
+use slipstream_testkit::{eventually, writes, NodeOptions, TcpProxy, TestNode, WsClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
 const LONG: Duration = Duration::from_secs(60);
 
 fn start(opts: NodeOptions) -> TestNode {
     TestNode::start(BIN, opts).expect("node starts")
-}
-
-fn writes(prefix: &str, n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (format!("{prefix}:{i}"), format!("value-{i}")))
-        .collect()
-}
-
-async fn wait_has_all(node: &TestNode, all: &[(String, String)]) {
-    node.wait_has_all(all).await;
 }
 
 /// Waits until `node` has heard from `peer` that `peer` delivers its own writes to `to`.
@@ -89,8 +79,8 @@ async fn a_healthy_full_mesh_sends_each_write_once_per_peer() {
     let all = writes("direct", 50);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
-    wait_has_all(&b, &all).await;
-    wait_has_all(&c, &all).await;
+    b.wait_has_all(&all).await;
+    c.wait_has_all(&all).await;
     a.wait_drained().await;
     assert_eq!(
         sent(&a).await,
@@ -107,8 +97,8 @@ async fn flooding_relays_every_write_as_well() {
     let all = writes("flood", 50);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
-    wait_has_all(&b, &all).await;
-    wait_has_all(&c, &all).await;
+    b.wait_has_all(&all).await;
+    c.wait_has_all(&all).await;
     // Each write is relayed by at least one of b and c: by both, unless one of them had it
     // from the other before the origin's copy arrived (then that copy is a duplicate).
     eventually("the relays forwarded", LONG, || async {
@@ -139,8 +129,8 @@ async fn a_cut_link_is_routed_around_through_a_relay() {
     let all = writes("around", 40);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
-    wait_has_all(&b, &all).await;
-    wait_has_all(&c, &all).await;
+    b.wait_has_all(&all).await;
+    c.wait_has_all(&all).await;
     a.wait_for_log("handing its waiting writes to a relay")
         .await;
     // a's rows for c were settled by b's acknowledgement: nothing waits for the cut link.
@@ -170,14 +160,14 @@ async fn writes_of_an_origin_that_dies_before_delivering_still_arrive() {
     let all = writes("orphan", 30);
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
-    wait_has_all(&b, &all).await;
+    b.wait_has_all(&all).await;
     assert_eq!(
         c.key("orphan:0").await.unwrap(),
         None,
         "c cannot have it yet: only a owes it to c"
     );
     a.kill();
-    wait_has_all(&c, &all).await;
+    c.wait_has_all(&all).await;
     b.wait_for_log("delivering its recent writes to its peers in its place")
         .await;
 }
@@ -196,7 +186,7 @@ async fn a_peer_that_is_down_waits_at_its_origin_without_relays() {
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     app.publish(&all).await.unwrap();
     let before = rounds(&a);
-    wait_has_all(&b, &all).await;
+    b.wait_has_all(&all).await;
     // A handoff round of a's ran after the writes were recorded, and found no relay.
     eventually("a handoff round after the writes", LONG, || async {
         (rounds(&a) > before)
@@ -205,7 +195,7 @@ async fn a_peer_that_is_down_waits_at_its_origin_without_relays() {
     })
     .await;
     c.restart().unwrap();
-    wait_has_all(&c, &all).await;
+    c.wait_has_all(&all).await;
     assert!(
         !a.logs().contains("handing its waiting writes to a relay"),
         "no relay was linked to c"

@@ -37,11 +37,6 @@ fn writes(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> 
 }
 
 /// Waits until `node` holds every write with its value.
-/// Waits until `node` holds every write with its value.
-async fn wait_has_all(node: &TestNode, all: &[(String, String)]) {
-    node.wait_has_all(all).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_mesh_of_three_replicates_a_thousand_writes() {
     let (a, b, c) = full_mesh(&[]).await;
@@ -50,8 +45,8 @@ async fn full_mesh_of_three_replicates_a_thousand_writes() {
     for chunk in all.chunks(100) {
         app.publish(chunk).await.unwrap();
     }
-    wait_has_all(&b, &all).await;
-    wait_has_all(&c, &all).await;
+    b.wait_has_all(&all).await;
+    c.wait_has_all(&all).await;
     for n in [&b, &c] {
         assert_eq!(
             n.metric(&format!(
@@ -75,7 +70,7 @@ async fn a_line_forwards_over_two_hops() {
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     let all = writes("line", 0..50);
     app.publish(&all).await.unwrap();
-    wait_has_all(&c, &all).await;
+    c.wait_has_all(&all).await;
     let got = c.key("line:7").await.unwrap().unwrap();
     assert_eq!(got["originInstanceId"], a.id.as_str());
 }
@@ -94,7 +89,7 @@ async fn a_node_killed_mid_stream_catches_up_after_restart() {
             c.restart().unwrap();
         }
     }
-    wait_has_all(&c, &all).await;
+    c.wait_has_all(&all).await;
     a.wait_drained().await;
     // Each write is recorded exactly once in C's journal, whatever route and resend it came by.
     eventually("c's journal holds each write once", LONG, || async {
@@ -128,7 +123,7 @@ async fn a_peer_down_longer_than_the_republish_window_gets_everything_and_nothin
         "rows wait while the peer is down: {s}"
     );
     b.restart().unwrap();
-    wait_has_all(&b, &all).await;
+    b.wait_has_all(&all).await;
     a.wait_drained().await;
     assert_eq!(a.get_json("/dlq").await.unwrap()["deadLetters"], json!([]));
     assert_eq!(
@@ -333,7 +328,7 @@ async fn a_pair_configured_both_ways_never_delivers_twice() {
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     let all = writes("both", 0..100);
     app.publish(&all).await.unwrap();
-    wait_has_all(&b, &all).await;
+    b.wait_has_all(&all).await;
     a.wait_drained().await;
     let processed = b
         .metric(&format!(
@@ -414,7 +409,7 @@ async fn with_an_auth_token_only_peers_that_present_it_connect() {
     let mut app = WsClient::app(&b.ws_url()).await.unwrap();
     let all = writes("auth", 0..5);
     app.publish(&all).await.unwrap();
-    wait_has_all(&a, &all).await;
+    a.wait_has_all(&all).await;
     a.wait_for_log("bearer token").await;
     assert_eq!(
         a.metric("slipstream_connections_refused_total{reason=\"token\"}")
@@ -433,7 +428,7 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes() {
     app.publish(&all).await.unwrap();
     assert_eq!(a.terminate().unwrap(), Some(0));
     a.restart().unwrap();
-    wait_has_all(&a, &all).await;
+    a.wait_has_all(&all).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,19 +3,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use slipstream_testkit::{eventually, NodeOptions, TestNode, WsClient};
+use slipstream_testkit::{eventually, writes, NodeOptions, TestNode, WsClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
 const LONG: Duration = Duration::from_secs(60);
 
 fn start(opts: NodeOptions) -> TestNode {
     TestNode::start(BIN, opts).expect("node starts")
-}
-
-fn writes(prefix: &str, n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| (format!("{prefix}:{i}"), format!("v{i}")))
-        .collect()
 }
 
 async fn metrics_text(n: &TestNode) -> String {

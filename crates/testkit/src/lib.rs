@@ -721,6 +721,13 @@ impl TestPki {
     }
 }
 
+/// `n` distinct writes `(prefix:i, value-i)` for tests to publish and look for.
+pub fn writes(prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{prefix}:{i}"), format!("value-{i}")))
+        .collect()
+}
+
 /// A TCP proxy on a free port in front of one address: a link between two nodes that a test
 /// can cut (`cut`), closing every connection through it and refusing new ones, while the
 /// nodes and their other links keep running.
