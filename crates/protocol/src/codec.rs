@@ -1,9 +1,10 @@
 //! Frame decoding and encoding (SPEC §3).
 //!
-//! A frame is one JSON message object or a JSON array of them. Decoding is done field by
-//! field from a parsed JSON tree rather than with a derived deserializer, so that every
-//! rejection names the offending field: the NACK reason is what an application developer
-//! reads when an integration goes wrong.
+//! A frame is one JSON message object or a JSON array of them. Well-formed frames of writes,
+//! gets and ACKs take a typed fast path (`fast.rs`); everything else, and every error, is
+//! decoded field by field from a parsed JSON tree rather than with a derived deserializer, so
+//! that every rejection names the offending field: the NACK reason is what an application
+//! developer reads when an integration goes wrong.
 
 use std::collections::BTreeMap;
 
@@ -71,6 +72,17 @@ pub fn decode_frame(
             limit: limits.max_frame_bytes,
         });
     }
+    if let Some(messages) = crate::fast::decode_frame(text, limits) {
+        return Ok(messages.into_iter().map(Ok).collect());
+    }
+    decode_frame_general(text, limits)
+}
+
+/// The general path: every frame the fast path leaves, and every error.
+pub(crate) fn decode_frame_general(
+    text: &str,
+    limits: &Limits,
+) -> Result<Vec<Result<Message, Invalid>>, FrameError> {
     let json: Json = serde_json::from_str(text).map_err(|e| FrameError::Json(e.to_string()))?;
     match json {
         Json::Object(map) => Ok(vec![decode_message(map, limits)]),

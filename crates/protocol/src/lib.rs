@@ -4,6 +4,7 @@
 //! Nothing here does I/O; the router and the network layer build on these types.
 
 pub mod codec;
+mod fast;
 pub mod hlc;
 pub mod message;
 
