@@ -16,6 +16,7 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use slipstream_node::http::client;
+use slipstream_protocol::{decode_frame, Body, Limits, Message};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[derive(Args)]
@@ -183,13 +184,17 @@ async fn app(url: &str) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// Items of a frame: one object or an array of them.
-fn items(text: &str) -> Vec<Value> {
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(a)) => a,
-        Ok(v) => vec![v],
-        Err(_) => Vec::new(),
-    }
+/// The messages of a frame (one object or an array of them), decoded as a node decodes
+/// them; anything that does not decode is skipped.
+fn items(text: &str) -> Vec<Message> {
+    let roomy = Limits {
+        max_frame_bytes: usize::MAX,
+        max_batch: usize::MAX,
+        ..Limits::default()
+    };
+    decode_frame(text, &roomy)
+        .map(|all| all.into_iter().flatten().collect())
+        .unwrap_or_default()
 }
 
 /// The write index in a bench key `bench:<run>:<index>`.
@@ -297,7 +302,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 let now = Instant::now();
                 let mut slots = applied[i].lock().unwrap_or_else(|p| p.into_inner());
                 for m in items(t.as_str()) {
-                    if let Some(idx) = m["key"].as_str().and_then(|k| index_of(k, &prefix)) {
+                    if let Some(idx) = m.key().and_then(|k| index_of(k, &prefix)) {
                         if idx < n && slots[idx].is_none() {
                             slots[idx] = Some(now);
                             seen += 1;
@@ -329,14 +334,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     _ => break,
                 };
                 for m in items(t.as_str()) {
-                    match m["type"].as_str() {
-                        Some("ACK") => {
-                            let ids = m["messageIds"].as_array().map(|a| a.len()).unwrap_or(1);
-                            acked += ids;
-                            in_flight.add_permits(ids);
+                    match m.body {
+                        Body::Ack { message_ids } => {
+                            acked += message_ids.len();
+                            in_flight.add_permits(message_ids.len());
                             last = Instant::now();
                         }
-                        Some("NACK") => return Err(anyhow!("write rejected: {m}")),
+                        Body::Nack { error } => {
+                            let id = m.env.message_id.unwrap_or_default();
+                            return Err(anyhow!("write {id} rejected: {error}"));
+                        }
                         _ => {}
                     }
                 }
@@ -602,7 +609,10 @@ mod tests {
     fn keys_carry_the_write_index() {
         assert_eq!(index_of("bench:7:42", "bench:7:"), Some(42));
         assert_eq!(index_of("bench:8:42", "bench:7:"), None);
-        assert_eq!(items(r#"[{"a":1},{"b":2}]"#).len(), 2);
-        assert_eq!(items(r#"{"a":1}"#).len(), 1);
+        let ack = r#"{"type":"ACK","messageIds":["a","b"]}"#;
+        let sk = r#"{"type":"SK","key":"bench:7:3","value":"v"}"#;
+        assert_eq!(items(&format!("[{ack},{sk}]")).len(), 2);
+        assert_eq!(items(sk)[0].key(), Some("bench:7:3"));
+        assert!(items(r#"{"a":1}"#).is_empty());
     }
 }
