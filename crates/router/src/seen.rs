@@ -1,15 +1,32 @@
 //! A bounded, time-limited set of (`messageId`, `clusterGroupId`) pairs.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+
+use hashbrown::HashTable;
 
 /// Remembers recently committed messages so duplicates are dropped without a database read.
 /// Bounded by `capacity`: the oldest entries go first, which is safe because the durable
 /// record in SQLite still catches a duplicate the cache forgot.
+///
+/// Every message a node receives is looked up here and every recorded one inserted, so the
+/// layout avoids allocation on lookups: entries sit in a queue in insertion order, and a hash
+/// table holds only their positions (entry numbers), compared against the queue's keys.
 pub struct SeenCache {
     capacity: usize,
     ttl_ms: u64,
-    entries: HashMap<(String, String), u64>,
-    order: VecDeque<((String, String), u64)>,
+    /// Entries, oldest first; entry number `n` is at `order[n - first]`.
+    order: VecDeque<Entry>,
+    first: u64,
+    index: HashTable<u64>,
+    hasher: RandomState,
+}
+
+struct Entry {
+    message_id: Box<str>,
+    group: Box<str>,
+    hash: u64,
+    at: u64,
 }
 
 impl SeenCache {
@@ -17,41 +34,60 @@ impl SeenCache {
         SeenCache {
             capacity: capacity.max(1),
             ttl_ms,
-            entries: HashMap::new(),
             order: VecDeque::new(),
+            first: 0,
+            index: HashTable::new(),
+            hasher: RandomState::new(),
         }
     }
 
     pub fn contains(&self, message_id: &str, group: &str, now_ms: u64) -> bool {
-        // Borrowed lookup without allocating a key would need a custom hash key; the
-        // allocation is small next to the JSON decode that precedes it.
-        self.entries
-            .get(&(message_id.to_owned(), group.to_owned()))
-            .is_some_and(|&at| now_ms.saturating_sub(at) < self.ttl_ms)
+        self.find(message_id, group)
+            .is_some_and(|e| now_ms.saturating_sub(e.at) < self.ttl_ms)
     }
 
+    /// Remembers a message. One seen already keeps its first time: the TTL counts from then.
     pub fn insert(&mut self, message_id: &str, group: &str, now_ms: u64) {
         self.expire(now_ms);
-        let key = (message_id.to_owned(), group.to_owned());
-        if self.entries.insert(key.clone(), now_ms).is_none() {
-            self.order.push_back((key, now_ms));
+        if self.find(message_id, group).is_some() {
+            return;
         }
-        while self.entries.len() > self.capacity {
+        let hash = self.hasher.hash_one((message_id, group));
+        let number = self.first + self.order.len() as u64;
+        let (order, first) = (&self.order, self.first);
+        self.index
+            .insert_unique(hash, number, |n| order[(n - first) as usize].hash);
+        self.order.push_back(Entry {
+            message_id: message_id.into(),
+            group: group.into(),
+            hash,
+            at: now_ms,
+        });
+        while self.order.len() > self.capacity {
             self.pop_oldest();
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.order.is_empty()
+    }
+
+    fn find(&self, message_id: &str, group: &str) -> Option<&Entry> {
+        let hash = self.hasher.hash_one((message_id, group));
+        let n = self.index.find(hash, |n| {
+            let e = &self.order[(n - self.first) as usize];
+            e.hash == hash && &*e.message_id == message_id && &*e.group == group
+        })?;
+        Some(&self.order[(n - self.first) as usize])
     }
 
     fn expire(&mut self, now_ms: u64) {
-        while let Some((_, at)) = self.order.front() {
-            if now_ms.saturating_sub(*at) < self.ttl_ms {
+        while let Some(e) = self.order.front() {
+            if now_ms.saturating_sub(e.at) < self.ttl_ms {
                 break;
             }
             self.pop_oldest();
@@ -59,10 +95,13 @@ impl SeenCache {
     }
 
     fn pop_oldest(&mut self) {
-        if let Some((key, at)) = self.order.pop_front() {
-            if self.entries.get(&key) == Some(&at) {
-                self.entries.remove(&key);
-            }
+        let Some(e) = self.order.pop_front() else {
+            return;
+        };
+        let number = self.first;
+        self.first += 1;
+        if let Ok(slot) = self.index.find_entry(e.hash, |n| *n == number) {
+            slot.remove();
         }
     }
 }
@@ -90,5 +129,29 @@ mod tests {
         s.insert("c", "g", 3);
         assert!(!s.contains("a", "g", 4));
         assert!(s.contains("b", "g", 4) && s.contains("c", "g", 4));
+    }
+
+    #[test]
+    fn id_and_group_are_told_apart_and_a_repeat_is_one_entry() {
+        let mut s = SeenCache::new(100, u64::MAX);
+        s.insert("ab", "c", 1);
+        s.insert("a", "bc", 1);
+        s.insert("ab", "c", 2);
+        assert_eq!(s.len(), 2);
+        assert!(s.contains("ab", "c", 3) && s.contains("a", "bc", 3));
+        assert!(!s.contains("abc", "", 3) && !s.contains("a", "b", 3));
+    }
+
+    /// Many inserts through a small capacity: what is kept is exactly the newest entries, and
+    /// every one of them is still found after the table reshuffled.
+    #[test]
+    fn keeps_exactly_the_newest_entries_through_many_evictions() {
+        let mut s = SeenCache::new(500, u64::MAX);
+        for i in 0..10_000u64 {
+            s.insert(&format!("m{i}"), "g", i);
+        }
+        assert_eq!(s.len(), 500);
+        assert!((9_500..10_000).all(|i| s.contains(&format!("m{i}"), "g", 0)));
+        assert!((0..9_500).all(|i| !s.contains(&format!("m{i}"), "g", 0)));
     }
 }
