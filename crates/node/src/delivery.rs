@@ -144,10 +144,27 @@ impl DeliveryTask {
             .then(|| Instant::now() + self.handoff_grace());
     }
 
+    /// Whether new rows may go now. With rows waiting and the window nearly full, the task
+    /// waits until a quarter of the window is free instead of sending a few rows per
+    /// acknowledgement ("silly window" avoidance, as in TCP). Otherwise a busy peer that
+    /// acknowledges a few rows at a time gets a few rows at a time, commits each handful on
+    /// its own and acknowledges it alone: measured, that locked a 3-node mesh into frames of
+    /// three or four writes and cut its throughput by three quarters. With few rows waiting
+    /// (a light load) they go as soon as there is room for them all.
+    fn window_open(&self) -> bool {
+        let window = self.node.cfg.delivery_window;
+        let waiting = if self.more {
+            usize::MAX
+        } else {
+            self.live.len()
+        };
+        let room = window.saturating_sub(self.inflight.len());
+        waiting > 0 && room > 0 && room >= waiting.min(window / 4)
+    }
+
     pub async fn run(mut self) {
         loop {
-            let window_open = (self.more || !self.live.is_empty())
-                && self.inflight.len() < self.node.cfg.delivery_window;
+            let window_open = self.window_open();
             let can_send = self.active.is_some() && (window_open || !self.resend.is_empty());
             let deadline = self.next_deadline;
             let conn_tx = self.active.as_ref().map(|c| c.tx.clone());
