@@ -600,7 +600,7 @@ impl Node {
             let result = committed.await.unwrap_or(Err(StorageError::Closed));
             match result {
                 // The delivery rows reached their tasks already: the writer hands every
-                // commit's rows over (see `runtime::dispatch_live_rows`).
+                // commit's rows over (see `runtime::hand_live_rows`).
                 Ok(Recorded::New { changed, .. }) => {
                     node.router().mark_seen(&message_id, &group, now_ms());
                     if let Some(r) = &shared_dedup {

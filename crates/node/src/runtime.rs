@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use slipstream_storage::{now_ms, Storage, StorageError, StorageOptions};
@@ -48,14 +48,18 @@ pub struct RunningNode {
 pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     let metrics = Metrics::new();
     let batch = metrics.commit_batch.clone();
-    // Delivery rows of each commit go straight to the peers' delivery tasks (through a
-    // dispatcher task, since the writer is a plain thread); they read the database only for a
-    // backlog.
-    let (live_tx, live_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Delivery rows of each commit go straight from the writer thread to the peers' delivery
+    // tasks; they read the database only for a backlog. The node is made after the storage,
+    // so the writer reaches it through a weak handle set below; rows of a commit before that
+    // (there are no delivery tasks yet) are found in the outbox.
+    let live_to: Arc<OnceLock<Weak<Node>>> = Arc::new(OnceLock::new());
+    let writer_live_to = live_to.clone();
     let opts = StorageOptions {
         on_commit: Some(Arc::new(move |ops| batch.observe(ops as f64))),
         on_deliveries: Some(Arc::new(move |rows| {
-            let _ = live_tx.send(rows);
+            if let Some(node) = writer_live_to.get().and_then(Weak::upgrade) {
+                hand_live_rows(&node, rows);
+            }
         })),
         ..StorageOptions::default()
     };
@@ -91,8 +95,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
         None => None,
     };
     let node = Node::new(cfg, storage, metrics, redis.clone()).await?;
-    node.tracker
-        .spawn(dispatch_live_rows(node.clone(), live_rx));
+    let _ = live_to.set(Arc::downgrade(&node));
     if let Some(redis) = redis {
         node.tracker.spawn(store::applier::run(
             node.clone(),
@@ -178,29 +181,18 @@ async fn prune_loop(node: Arc<Node>) {
     }
 }
 
-/// Hands each commit's delivery rows to the delivery tasks of their peers, in commit order,
-/// until the node shuts down (rows it does not hand over are read from the outbox later).
-async fn dispatch_live_rows(
-    node: Arc<Node>,
-    mut rows: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, slipstream_storage::Outgoing)>>,
-) {
-    loop {
-        let batch = tokio::select! {
-            _ = node.shutdown.cancelled() => break,
-            batch = rows.recv() => match batch {
-                Some(b) => b,
-                None => break,
-            },
-        };
-        let mut by_peer: Vec<(String, Vec<slipstream_storage::Outgoing>)> = Vec::new();
-        for (peer, row) in batch {
-            match by_peer.iter_mut().find(|(p, _)| *p == peer) {
-                Some((_, list)) => list.push(row),
-                None => by_peer.push((peer, vec![row])),
-            }
+/// Hands one commit's delivery rows to their peers' delivery tasks. Runs on the writer thread
+/// right after the commit, so commits hand their rows over in order; a task that is behind,
+/// or whose queue is full, reads them from the outbox instead.
+fn hand_live_rows(node: &Node, batch: Vec<(String, slipstream_storage::Outgoing)>) {
+    let mut by_peer: Vec<(String, Vec<slipstream_storage::Outgoing>)> = Vec::new();
+    for (peer, row) in batch {
+        match by_peer.iter_mut().find(|(p, _)| *p == peer) {
+            Some((_, list)) => list.push(row),
+            None => by_peer.push((peer, vec![row])),
         }
-        for (peer, list) in by_peer {
-            node.peers.live(&peer, list);
-        }
+    }
+    for (peer, list) in by_peer {
+        node.peers.live(&peer, list);
     }
 }
