@@ -639,3 +639,35 @@ async fn an_app_that_reads_only_after_writing_everything_is_served() {
     }
     assert_eq!(acked.len(), n);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_from_a_peer_is_acknowledged_in_acks_within_the_batch_limit() {
+    // A peer sends 3,000 writes in full frames as fast as it can; many commit together. The
+    // node once acknowledged everything committed in one ACK, naming more ids than the batch
+    // limit its peers' decoders accept (the limit on messages per frame, here 20): the peer
+    // rejected the ACK and every write in it was sent again.
+    let limit = 20;
+    let a = start(NodeOptions::default().env("SLIPSTREAM_MAX_BATCH", &limit.to_string()));
+    let mut peer = WsClient::peer(&a.ws_url(), "burst-peer").await.unwrap();
+    let n = 3_000;
+    for chunk in 0..n / limit {
+        let batch: Vec<Value> = (chunk * limit..chunk * limit + limit)
+            .map(|i| json!({"type": "SK", "key": format!("burst:{i}"), "value": "v", "messageId": format!("burst-{i}"),
+                "originInstanceId": "burst-peer", "sourceInstanceId": "burst-peer", "messagePath": ["burst-peer"]}))
+            .collect();
+        peer.send(&Value::Array(batch)).await.unwrap();
+    }
+    let mut acked = std::collections::HashSet::new();
+    let mut most = 0;
+    while acked.len() < n {
+        let m = peer.recv(LONG).await.unwrap();
+        assert_ne!(m["type"], "NACK", "{m}");
+        if m["type"] == "ACK" {
+            let ids = slipstream_testkit::ack_ids(&m);
+            most = most.max(ids.len());
+            acked.extend(ids);
+        }
+    }
+    assert_eq!(acked.len(), n);
+    assert!(most <= limit, "an ACK named {most} ids");
+}

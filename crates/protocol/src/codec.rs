@@ -548,6 +548,34 @@ pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Stri
     serde_json::to_string(&wires).expect("a message always serializes")
 }
 
+/// Frames acknowledging `ids`: one `ACK` per frame, each naming as many ids as the
+/// receiver's limits allow (at most `max_batch` ids, and within `max_frame_bytes`). Usually
+/// that is a single frame. A receiver rejects an `ACK` beyond its limits, and a rejected `ACK`
+/// leaves every write in it unacknowledged, to be sent again.
+pub fn encode_acks(self_id: &str, ids: Vec<String>, limits: &Limits) -> Vec<String> {
+    // The envelope around the ids: type, sender fields and path, generously counted.
+    let overhead = 200 + 3 * self_id.len();
+    let mut frames = Vec::new();
+    let mut chunk: Vec<String> = Vec::new();
+    let mut bytes = overhead;
+    for id in ids {
+        // An id costs its escaped length (at most six bytes per byte), quotes and a comma.
+        let cost = 6 * id.len() + 3;
+        if !chunk.is_empty()
+            && (chunk.len() >= limits.max_batch || bytes + cost > limits.max_frame_bytes)
+        {
+            frames.push(Message::ack(self_id, std::mem::take(&mut chunk)).encode());
+            bytes = overhead;
+        }
+        bytes += cost;
+        chunk.push(id);
+    }
+    if !chunk.is_empty() {
+        frames.push(Message::ack(self_id, chunk).encode());
+    }
+    frames
+}
+
 /// Joins already-encoded messages into one frame: a single one stays an object, several
 /// become an array. Used where messages are stored encoded and sent without re-encoding.
 pub fn join_encoded<S: AsRef<str>>(encoded: &[S]) -> String {

@@ -294,3 +294,35 @@ fn delivers_to_and_relay_to_round_trip_and_stay_optional() {
     assert_eq!(one(&m.encode()).unwrap(), m);
     assert!(reason(r#"{"type":"SK","key":"k","value":"v","relayTo":"c"}"#).contains("relayTo"));
 }
+
+#[test]
+fn acks_are_split_to_stay_within_the_receivers_limits() {
+    let limits = Limits {
+        max_batch: 4,
+        max_frame_bytes: 400,
+        ..Limits::default()
+    };
+    let mut ids: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    ids.push("x".repeat(40));
+    let frames = encode_acks("n1", ids.clone(), &limits);
+    assert!(frames.len() >= 3, "{frames:?}");
+    let mut back = Vec::new();
+    for frame in &frames {
+        assert!(frame.len() <= limits.max_frame_bytes, "{frame}");
+        for m in decode_frame(frame, &limits).expect("the frame decodes") {
+            match m.expect("every ACK is within the limit").body {
+                Body::Ack { message_ids } => back.extend(message_ids),
+                other => panic!("not an ACK: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(back, ids);
+    // Within the limits: one ACK, as before.
+    assert_eq!(encode_acks("n1", ids[..3].to_vec(), &limits).len(), 1);
+    // Unsplit, the receiver rejects it: the failure this guards against.
+    let whole = Message::ack("n1", ids).encode();
+    assert!(
+        decode_frame(&whole, &limits).is_err()
+            || decode_frame(&whole, &limits).unwrap()[0].is_err()
+    );
+}

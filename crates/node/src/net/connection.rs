@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
-use slipstream_protocol::{decode_frame, Body, Hello, Message, Role};
+use slipstream_protocol::{decode_frame, encode_acks, Body, Hello, Message, Role};
 use slipstream_router::Sender;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -490,7 +490,9 @@ impl Conn {
     fn flush_acks(&mut self) {
         if !self.acks.is_empty() {
             let ids = std::mem::take(&mut self.acks);
-            self.text(Message::ack(&self.node.id, ids).encode());
+            for frame in encode_acks(&self.node.id, ids, &self.node.cfg.limits) {
+                self.text(frame);
+            }
         }
     }
 
