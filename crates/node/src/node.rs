@@ -45,7 +45,8 @@ pub enum Outcome {
     Reply(Box<Message>),
     /// Nothing to send back (a read from a peer: its answers travel on their own).
     Done,
-    /// Wait for the commit, then acknowledge (or report the failure).
+    /// Wait for the commit, then acknowledge (or report the failure). The future also runs
+    /// the commit's effects: it must be driven to the end, not dropped.
     Commit(Pin<Box<dyn Future<Output = Committed> + Send>>),
 }
 
@@ -593,10 +594,12 @@ impl Node {
             }
         };
         let node = self.clone();
-        // The effects after the commit (seen, pushes, waking deliveries, answers) run in a task
-        // of their own, so they happen even if the connection that sent the write goes away
-        // before its ACK is sent.
-        let effects = self.tracker.spawn(async move {
+        // The effects after the commit (seen, pushes, waking deliveries, answers) run in the
+        // returned future, on the task that waits for the ACK: a spawned task per write cost a
+        // few percent of a node's CPU. Whoever holds the future must drive it to the end even
+        // once the answer no longer matters (a connection that closes hands its unfinished
+        // commits to a task), so the effects happen even if the sender went away.
+        let effects = async move {
             let result = committed.await.unwrap_or(Err(StorageError::Closed));
             match result {
                 // The delivery rows reached their tasks already: the writer hands every
@@ -667,13 +670,8 @@ impl Node {
                     }
                 }
             }
-        });
-        Outcome::Commit(Box::pin(async move {
-            effects.await.unwrap_or_else(|e| Committed::Failed {
-                message_id: String::new(),
-                error: format!("commit task failed: {e}"),
-            })
-        }))
+        };
+        Outcome::Commit(Box::pin(effects))
     }
 
     /// Logs a command this node does not run; returns the error for its `RES`.

@@ -139,29 +139,51 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     }
     let mut waiting = Vec::with_capacity(messages.len());
     for m in messages {
-        waiting.push(node.ingest(&Sender::Client, m, None).await);
+        let outcome = match node.ingest(&Sender::Client, m, None).await {
+            // Each commit's effects run in a task of its own: they must happen even if this
+            // request ends early (an error, or the client hung up).
+            Outcome::Commit(fut) => Waiting::Commit(node.tracker.spawn(fut)),
+            other => Waiting::Now(other),
+        };
+        waiting.push(outcome);
     }
     let mut results = Vec::with_capacity(waiting.len());
     for outcome in waiting {
-        let (id, status) = match outcome {
-            Outcome::Ack(id) => (id, "duplicate"),
-            Outcome::Commit(fut) => match fut.await {
-                Committed::Ack {
-                    message_id,
-                    duplicate,
-                } => (message_id, if duplicate { "duplicate" } else { "recorded" }),
-                Committed::Failed {
-                    message_id,
-                    error: e,
-                } => {
+        let done = match outcome {
+            Waiting::Commit(task) => match task.await {
+                Ok(done) => done,
+                Err(e) => {
                     return error(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        format!("message {message_id}: {e}"),
+                        format!("commit task failed: {e}"),
                     )
                 }
             },
-            Outcome::Nack { error: e, .. } => return error(StatusCode::BAD_REQUEST, e),
-            Outcome::Reply(_) | Outcome::Done => unreachable!("only writes are published"),
+            Waiting::Now(Outcome::Ack(id)) => Committed::Ack {
+                message_id: id,
+                duplicate: true,
+            },
+            Waiting::Now(Outcome::Nack { error: e, .. }) => {
+                return error(StatusCode::BAD_REQUEST, e)
+            }
+            Waiting::Now(Outcome::Commit(_) | Outcome::Reply(_) | Outcome::Done) => {
+                unreachable!("only writes are published, and commits are waited for above")
+            }
+        };
+        let (id, status) = match done {
+            Committed::Ack {
+                message_id,
+                duplicate,
+            } => (message_id, if duplicate { "duplicate" } else { "recorded" }),
+            Committed::Failed {
+                message_id,
+                error: e,
+            } => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("message {message_id}: {e}"),
+                )
+            }
         };
         results.push(json!({"messageId": id, "status": status}));
     }
@@ -170,6 +192,12 @@ async fn publish(State(node): State<Arc<Node>>, body: Bytes) -> Response {
     } else {
         Json(json!({ "results": results })).into_response()
     }
+}
+
+/// A published write's outcome: known at once, or its commit running in a task.
+enum Waiting {
+    Now(Outcome),
+    Commit(tokio::task::JoinHandle<Committed>),
 }
 
 #[derive(Deserialize)]

@@ -214,6 +214,13 @@ where
             }
         }
     };
+    // Commits still running carry their effects (seen marks, pushes to apps): a task drives
+    // them to the end although their ACKs can no longer go out.
+    if !conn.commits.is_empty() {
+        let unfinished = std::mem::take(&mut conn.commits);
+        node.tracker
+            .spawn(async move { unfinished.collect::<Vec<_>>().await });
+    }
     // Detach first, so the delivery task stops counting attempts on this connection at once.
     if let Who::Peer(key) = &conn.who {
         node.peers.detach(key, conn.id).await;
