@@ -338,7 +338,7 @@ impl DeliveryTask {
         };
         let now = Instant::now();
         let mut bodies = Vec::with_capacity(rows.len());
-        let mut types: Vec<(String, u64)> = Vec::new();
+        let mut types: Vec<(&str, u64)> = Vec::new();
         let mut skipped = Vec::new();
         // A frame stays under the receiver's frame limit: rows past it wait for the next frame.
         let budget = self.node.cfg.limits.max_frame_bytes;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use slipstream_protocol::{Hlc, Value, ValueKind};
+use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
 use writer::{Writer, WriterOp};
@@ -111,14 +111,15 @@ pub enum Recorded {
     Relayed { deliveries: Vec<(String, i64)> },
 }
 
-/// A delivery row ready to send.
+/// A delivery row ready to send. The body and path are shared: a commit hands one row per
+/// recipient of each write, and copying them for every recipient cost the writer thread.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub seq: i64,
     pub message_id: String,
-    pub msg_type: String,
-    pub path: Vec<String>,
-    pub body: String,
+    pub msg_type: &'static str,
+    pub path: Arc<[String]>,
+    pub body: Arc<str>,
     pub attempts: u32,
 }
 
@@ -669,18 +670,19 @@ fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Outgoing, String)> {
         Outgoing {
             seq: r.get(0)?,
             message_id: r.get(1)?,
-            path: Vec::new(),
-            body: r.get(3)?,
+            path: Arc::from([]),
+            body: r.get::<_, String>(3)?.into(),
             attempts: r.get(4)?,
-            msg_type: r.get(5)?,
+            msg_type: MessageType::parse(&r.get::<_, String>(5)?).map_or("?", MessageType::as_str),
         },
         r.get(2)?,
     ))
 }
 
 fn finish_outgoing((mut o, path): (Outgoing, String)) -> Result<Outgoing> {
-    o.path = serde_json::from_str(&path)
-        .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", o.message_id)))?;
+    o.path = serde_json::from_str::<Vec<String>>(&path)
+        .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", o.message_id)))?
+        .into();
     Ok(o)
 }
 

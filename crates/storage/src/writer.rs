@@ -152,15 +152,19 @@ fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Ou
         if let (WriterOp::Record(rec, _), Ok(Done::Recorded(Recorded::New { deliveries, .. }))) =
             (op, result)
         {
+            if deliveries.is_empty() {
+                continue;
+            }
+            let path: Arc<[String]> = rec.path.as_slice().into();
             for (peer, seq) in deliveries {
                 rows.push((
                     peer.clone(),
                     Outgoing {
                         seq: *seq,
                         message_id: rec.message_id.clone(),
-                        msg_type: rec.msg_type.to_owned(),
-                        path: rec.path.clone(),
-                        body: rec.body.to_string(),
+                        msg_type: rec.msg_type,
+                        path: path.clone(),
+                        body: rec.body.clone(),
                         attempts: 0,
                     },
                 ));

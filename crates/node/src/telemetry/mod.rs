@@ -54,14 +54,11 @@ pub fn invalid(node: &Node, from: &Sender, reason: &str) {
 }
 
 /// One frame went out to a peer, carrying these counts of each message type.
-pub fn frame_sent(node: &Node, peer: &str, types: &[(String, u64)], bytes: usize) {
+pub fn frame_sent(node: &Node, peer: &str, types: &[(&str, u64)], bytes: usize) {
     node.metrics.frames_sent.inc();
     node.metrics.bytes_sent.inc_by(bytes as u64);
     for (t, n) in types {
-        node.metrics
-            .sent
-            .with_label_values(&[t.as_str()])
-            .inc_by(*n);
+        node.metrics.sent.with_label_values(&[*t]).inc_by(*n);
     }
     tracing::debug!(instance_id = %node.id, peer, messages = types.iter().map(|(_, n)| n).sum::<u64>(), "frame sent");
 }
