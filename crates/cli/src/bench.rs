@@ -197,9 +197,44 @@ fn items(text: &str) -> Vec<Message> {
         .unwrap_or_default()
 }
 
-/// The write index in a bench key `bench:<run>:<index>`.
-fn index_of(key: &str, prefix: &str) -> Option<usize> {
-    key.strip_prefix(prefix)?.parse().ok()
+/// The indexes of the bench writes pushed in a frame, found by their keys
+/// (`"key":"bench:<run>:<index>"`) without decoding the frame: the watchers read every write
+/// once per node, and the client shares the cores with the nodes it measures. The pattern
+/// cannot occur inside a JSON string value, where quotes are escaped.
+fn pushed_indexes<'a>(frame: &'a str, prefix: &str) -> impl Iterator<Item = usize> + 'a {
+    let needle = format!("\"key\":\"{prefix}");
+    let mut rest = frame;
+    std::iter::from_fn(move || loop {
+        let at = rest.find(&needle)? + needle.len();
+        rest = &rest[at..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        // The key must end right after the digits.
+        if digits > 0 && rest.as_bytes().get(digits) == Some(&b'"') {
+            let idx = rest[..digits].parse().ok();
+            rest = &rest[digits..];
+            if idx.is_some() {
+                return idx;
+            }
+        }
+    })
+}
+
+/// A frame of bench writes, written directly (the values need no escaping).
+fn write_frame(prefix: &str, value: &str, run_id: u32, range: std::ops::Range<usize>) -> String {
+    use std::fmt::Write as _;
+    let mut frame = String::with_capacity(range.len() * (value.len() + prefix.len() + 80) + 2);
+    frame.push('[');
+    for i in range {
+        if frame.len() > 1 {
+            frame.push(',');
+        }
+        let _ = write!(
+            frame,
+            r#"{{"type":"SK","key":"{prefix}{i}","value":"{value}","messageId":"b{run_id}-{i}"}}"#
+        );
+    }
+    frame.push(']');
+    frame
 }
 
 pub async fn run(args: BenchArgs) -> ExitCode {
@@ -301,12 +336,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 };
                 let now = Instant::now();
                 let mut slots = applied[i].lock().unwrap_or_else(|p| p.into_inner());
-                for m in items(t.as_str()) {
-                    if let Some(idx) = m.key().and_then(|k| index_of(k, &prefix)) {
-                        if idx < n && slots[idx].is_none() {
-                            slots[idx] = Some(now);
-                            seen += 1;
-                        }
+                for idx in pushed_indexes(t.as_str(), &prefix) {
+                    if idx < n && slots[idx].is_none() {
+                        slots[idx] = Some(now);
+                        seen += 1;
                     }
                 }
             }
@@ -371,9 +404,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let due = start + Duration::from_secs_f64(next as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let batch: Vec<Value> = (next..next + count)
-            .map(|i| json!({"type": "SK", "key": format!("{prefix}{i}"), "value": value, "messageId": format!("b{run_id}-{i}")}))
-            .collect();
+        let frame = write_frame(&prefix, &value, run_id, next..next + count);
         let now = Instant::now();
         {
             let mut s = sent_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -381,8 +412,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 *slot = Some(now);
             }
         }
-        sink.send(WsMessage::Text(Value::Array(batch).to_string().into()))
-            .await?;
+        sink.send(WsMessage::Text(frame.into())).await?;
         if next * 10 / n != (next + count) * 10 / n {
             if let Some(rss) = local.first().and_then(|l| current_rss(l.child.id())) {
                 origin_rss.push(rss);
@@ -606,9 +636,21 @@ mod tests {
     }
 
     #[test]
-    fn keys_carry_the_write_index() {
-        assert_eq!(index_of("bench:7:42", "bench:7:"), Some(42));
-        assert_eq!(index_of("bench:8:42", "bench:7:"), None);
+    fn pushed_writes_are_found_by_key_and_written_frames_decode() {
+        let frame = write_frame("bench:7:", "xx", 7, 40..43);
+        let decoded = items(&frame);
+        assert_eq!(decoded.len(), 3);
+        assert_eq!(decoded[2].key(), Some("bench:7:42"));
+        assert_eq!(
+            pushed_indexes(&frame, "bench:7:").collect::<Vec<_>>(),
+            vec![40, 41, 42]
+        );
+        // Another run's keys, a longer key and a quoted pattern inside a value do not count.
+        let other = r#"[{"key":"bench:8:1"},{"key":"bench:7:5x"},{"value":"\"key\":\"bench:7:9\""},{"key":"bench:7:6"}]"#;
+        assert_eq!(
+            pushed_indexes(other, "bench:7:").collect::<Vec<_>>(),
+            vec![6]
+        );
         let ack = r#"{"type":"ACK","messageIds":["a","b"]}"#;
         let sk = r#"{"type":"SK","key":"bench:7:3","value":"v"}"#;
         assert_eq!(items(&format!("[{ack},{sk}]")).len(), 2);
