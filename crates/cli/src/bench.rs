@@ -346,6 +346,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             seen
         }));
     }
+    // The client's own CPU (its threads only): it shares the machine with the nodes.
+    let client_before = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0);
     let before_cpu: HashMap<u32, f64> = local
         .iter()
         .filter_map(|l| Some((l.child.id(), proc_usage(l.child.id())?.0)))
@@ -516,6 +518,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Value::Null
     };
+    let client_cpu = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0) - client_before;
     let mut nodes: Vec<Value> = Vec::new();
     for (i, l) in local.iter().enumerate() {
         let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
@@ -549,6 +552,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "messagesSentPerWrite": sends / n as f64,
         "bytesPerWrite": bytes / n as f64,
         "perNode": nodes,
+        "clientCpuSeconds": client_cpu,
         "catchUp": catch_up,
         "everyNodeHoldsEveryWrite": complete,
     });
@@ -600,6 +604,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 node["opsPerCommit"].as_f64().unwrap_or(0.0)
             );
         }
+        println!("bench client: cpu {client_cpu:.2} s");
         println!(
             "every node holds every write: {}",
             if complete { "yes" } else { "NO" }
