@@ -127,6 +127,17 @@ impl Value {
         }
     }
 
+    /// The value as JSON text, as [`Value::to_json`] would print it, without building the
+    /// JSON tree first (the store writes this for every write).
+    pub fn to_json_text(&self) -> String {
+        match self {
+            Value::String(s) => serde_json::to_string(s),
+            Value::Array(a) => serde_json::to_string(a),
+            Value::Weighted(w) => serde_json::to_string(w),
+        }
+        .expect("values serialize")
+    }
+
     /// Reads a value of a known kind back from JSON (as stored by [`Value::to_json`]).
     pub fn from_json(kind: ValueKind, v: serde_json::Value) -> Option<Value> {
         match kind {

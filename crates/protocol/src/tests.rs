@@ -326,3 +326,20 @@ fn acks_are_split_to_stay_within_the_receivers_limits() {
             || decode_frame(&whole, &limits).unwrap()[0].is_err()
     );
 }
+
+#[test]
+fn json_text_of_a_value_is_its_json_printed() {
+    let weights: std::collections::BTreeMap<String, f64> =
+        [("b".to_owned(), 2.5), ("a".to_owned(), -1.0)].into();
+    for v in [
+        Value::String("q\"uote\n".into()),
+        Value::Array(vec!["x".into(), "é".into()]),
+        Value::Weighted(weights),
+    ] {
+        assert_eq!(v.to_json_text(), v.to_json().to_string());
+        assert_eq!(
+            Value::from_json(v.kind(), serde_json::from_str(&v.to_json_text()).unwrap()),
+            Some(v)
+        );
+    }
+}

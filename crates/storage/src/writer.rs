@@ -359,6 +359,7 @@ fn update_each(
 
 fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
     let path = serde_json::to_string(&rec.path).expect("strings serialize");
+    let hlc = rec.hlc.to_string();
     let inserted = c
         .prepare_cached(
             "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
@@ -370,7 +371,7 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
             rec.group,
             rec.msg_type,
             rec.origin,
-            rec.hlc.to_string(),
+            hlc,
             path,
             &*rec.body,
             now
@@ -386,7 +387,7 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
                 .execute(params![msg])?;
             false
         }
-        Some(apply) => apply_embedded(c, apply, rec, now)?,
+        Some(apply) => apply_embedded(c, apply, rec, &hlc, now)?,
     };
     let mut deliveries = Vec::with_capacity(rec.recipients.len());
     let mut st = c.prepare_cached(
@@ -456,9 +457,15 @@ fn relay(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
 }
 
 /// Applies a write to the embedded store; returns whether the store changed.
-fn apply_embedded(c: &Connection, apply: &Apply, rec: &Record, now: i64) -> Result<bool> {
+fn apply_embedded(
+    c: &Connection,
+    apply: &Apply,
+    rec: &Record,
+    hlc: &str,
+    now: i64,
+) -> Result<bool> {
     let (key, kind, value) = match apply {
-        Apply::Set { key, value } => (key, value.kind().as_str(), value.to_json().to_string()),
+        Apply::Set { key, value } => (key, value.kind().as_str(), value.to_json_text()),
         Apply::Delete { key } => (key, "deleted", "null".to_owned()),
         Apply::Expire { key, seconds } => {
             let at = now.saturating_add((*seconds as i64).saturating_mul(1000));
@@ -479,7 +486,7 @@ fn apply_embedded(c: &Connection, apply: &Apply, rec: &Record, now: i64) -> Resu
                  updated_at = excluded.updated_at, expires_at = NULL
              WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)",
         )?
-        .execute(params![key, kind, value, rec.hlc.to_string(), rec.origin, rec.message_id, now])?;
+        .execute(params![key, kind, value, hlc, rec.origin, rec.message_id, now])?;
     Ok(n > 0)
 }
 
