@@ -123,6 +123,20 @@ pub fn decode_message(map: Map<String, Json>, limits: &Limits) -> Result<Message
         .map_err(|reason| Invalid { message_id, reason })
 }
 
+/// The ids an ACK settles: `messageId`, then every entry of `messageIds`, each once, in
+/// order. (A set, not a scan of the list for each id: an ACK may name a thousand ids.)
+pub(crate) fn ack_ids(first: Option<String>, rest: Vec<String>) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::with_capacity(rest.len() + 1);
+    ids.extend(first);
+    let mut seen: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    for id in rest {
+        if seen.insert(id.clone()) {
+            ids.push(id);
+        }
+    }
+    ids
+}
+
 fn json_kind(v: &Json) -> &'static str {
     match v {
         Json::Null => "null",
@@ -332,12 +346,10 @@ impl<'a> Fields<'a> {
                 }
             }
             MessageType::Ack => {
-                let mut ids: Vec<String> = env.message_id.iter().cloned().collect();
-                for id in self.str_array("messageIds", limits.max_batch)? {
-                    if !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
+                let ids = ack_ids(
+                    env.message_id.clone(),
+                    self.str_array("messageIds", limits.max_batch)?,
+                );
                 if ids.is_empty() {
                     return Err("ACK needs field `messageId` or `messageIds`".to_owned());
                 }

@@ -227,12 +227,10 @@ impl Raw<'_> {
                 }
             }
             MessageType::Ack => {
-                let mut ids: Vec<String> = env.message_id.iter().cloned().collect();
-                for id in list(self.message_ids, limits.max_batch)? {
-                    if !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
+                let ids = crate::codec::ack_ids(
+                    env.message_id.clone(),
+                    list(self.message_ids, limits.max_batch)?,
+                );
                 if ids.is_empty() {
                     return None;
                 }

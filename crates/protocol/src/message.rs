@@ -62,7 +62,20 @@ impl MessageType {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == s)
+        Some(match s {
+            "SK" => MessageType::Sk,
+            "SA" => MessageType::Sa,
+            "SW" => MessageType::Sw,
+            "CMD" => MessageType::Cmd,
+            "GK" => MessageType::Gk,
+            "GA" => MessageType::Ga,
+            "GW" => MessageType::Gw,
+            "ACK" => MessageType::Ack,
+            "NACK" => MessageType::Nack,
+            "RES" => MessageType::Res,
+            "HELLO" => MessageType::Hello,
+            _ => return None,
+        })
     }
 
     /// Writes are recorded durably, applied and forwarded with store-and-forward delivery.

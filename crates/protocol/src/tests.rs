@@ -343,3 +343,26 @@ fn json_text_of_a_value_is_its_json_printed() {
         );
     }
 }
+
+#[test]
+fn every_type_parses_from_its_name_and_nothing_else_does() {
+    for t in MessageType::ALL {
+        assert_eq!(MessageType::parse(t.as_str()), Some(t));
+        assert_eq!(MessageType::parse(&t.as_str().to_lowercase()), None);
+    }
+    assert_eq!(MessageType::parse(""), None);
+}
+
+#[test]
+fn an_ack_names_each_id_once_in_order() {
+    let text = r#"{"type":"ACK","messageId":"b","messageIds":["a","b","c","a","d"]}"#;
+    assert_eq!(
+        one(text).unwrap().body,
+        Body::Ack {
+            message_ids: vec!["b".into(), "a".into(), "c".into(), "d".into()]
+        }
+    );
+    // The general path gives the same.
+    let general = crate::codec::decode_frame_general(text, &Limits::default()).unwrap();
+    assert_eq!(general[0].as_ref().unwrap().body, one(text).unwrap().body);
+}
