@@ -87,6 +87,11 @@ impl Writer {
         let stop = ops.iter().any(|op| matches!(op, WriterOp::Stop(_)));
         let now = now_ms() as i64;
         skip_sent_marks_of_acked_rows(&mut ops);
+        // A batch of delivery marks only needs no fsync of its own (see `only_marks`).
+        let unsynced = only_marks(&ops);
+        if unsynced {
+            self.set_synchronous("OFF");
+        }
         // Fast path: no savepoints. Any error rolls the whole transaction back.
         let fast = (|| -> Result<Vec<Result<Done>>> {
             let tx = self.conn.transaction()?;
@@ -112,6 +117,9 @@ impl Writer {
             tx.commit()?;
             Ok(results)
         });
+        if unsynced {
+            self.set_synchronous("FULL");
+        }
         match outcome {
             Ok(results) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -143,6 +151,32 @@ impl Writer {
         }
         stop
     }
+}
+
+impl Writer {
+    fn set_synchronous(&self, level: &str) {
+        if let Err(e) = self
+            .conn
+            .execute_batch(&format!("PRAGMA synchronous = {level}"))
+        {
+            tracing::error!(error = %e, level, "cannot set PRAGMA synchronous");
+        }
+    }
+}
+
+/// Whether a batch holds nothing but delivery marks (acknowledged, sent, an attempt counted).
+/// Such a batch commits without an fsync: losing it in a crash only means those rows go again,
+/// and receivers drop what they hold already (the journal is the durable dedup record). The
+/// next commit's fsync makes it durable with everything before it, as WAL frames are synced in
+/// order. Under a light load every write would otherwise cost the origin a second fsync, for
+/// its ACKs.
+fn only_marks(ops: &[WriterOp]) -> bool {
+    ops.iter().all(|op| {
+        matches!(
+            op,
+            WriterOp::MarkAcked(..) | WriterOp::MarkSent(..) | WriterOp::CountAttempt(..)
+        )
+    })
 }
 
 /// The delivery rows a committed batch created for new writes, in seq order.
@@ -537,4 +571,36 @@ fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<u64> {
         return Ok(moved as u64);
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply<T>() -> Reply<T> {
+        oneshot::channel().0
+    }
+
+    #[test]
+    fn only_batches_of_delivery_marks_skip_the_fsync() {
+        let marks = || {
+            vec![
+                WriterOp::MarkAcked(vec![1], None, reply()),
+                WriterOp::MarkSent(vec![2], reply()),
+                WriterOp::CountAttempt(vec![3], reply()),
+            ]
+        };
+        assert!(only_marks(&marks()));
+        for durable in [
+            WriterOp::MarkDead(vec![4], "gone".into(), reply()),
+            WriterOp::Flush(reply()),
+            WriterOp::Stop(reply()),
+            WriterOp::Applied(vec![5], reply()),
+            WriterOp::PurgeDead(reply()),
+        ] {
+            let mut ops = marks();
+            ops.push(durable);
+            assert!(!only_marks(&ops));
+        }
+    }
 }
