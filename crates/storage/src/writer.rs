@@ -90,7 +90,7 @@ impl Writer {
         // A batch of delivery marks only needs no fsync of its own (see `only_marks`).
         let unsynced = only_marks(&ops);
         if unsynced {
-            self.set_synchronous("OFF");
+            self.set_synced(false);
         }
         // Fast path: no savepoints. Any error rolls the whole transaction back.
         let fast = (|| -> Result<Vec<Result<Done>>> {
@@ -118,7 +118,7 @@ impl Writer {
             Ok(results)
         });
         if unsynced {
-            self.set_synchronous("FULL");
+            self.set_synced(true);
         }
         match outcome {
             Ok(results) => {
@@ -154,12 +154,18 @@ impl Writer {
 }
 
 impl Writer {
-    fn set_synchronous(&self, level: &str) {
-        if let Err(e) = self
-            .conn
-            .execute_batch(&format!("PRAGMA synchronous = {level}"))
-        {
-            tracing::error!(error = %e, level, "cannot set PRAGMA synchronous");
+    /// Unsynced commits also run no automatic checkpoint: a checkpoint under
+    /// `synchronous = OFF` would copy frames into the database file without syncing it, and the
+    /// WAL could then be rewound over frames the file does not durably hold. Checkpoints stay
+    /// with synced commits, which sync the file first.
+    fn set_synced(&self, synced: bool) {
+        let pragmas = if synced {
+            "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000;"
+        } else {
+            "PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;"
+        };
+        if let Err(e) = self.conn.execute_batch(pragmas) {
+            tracing::error!(error = %e, pragmas, "cannot switch commit syncing");
         }
     }
 }
