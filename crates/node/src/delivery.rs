@@ -26,11 +26,11 @@ use crate::telemetry;
 
 /// Most rows in one frame.
 const MAX_FRAME_ROWS: usize = 256;
-/// Committed rows a task holds in memory beyond its window before it falls back to reading
-/// them from the outbox. Under full load the window is often full while the writer commits
-/// more; reading those rows back cost the origin about a tenth of its CPU, and holding four
-/// windows costs about 2 MiB per peer at 100-byte values.
-const LIVE_WINDOWS: usize = 4;
+/// Committed rows a task holds in memory before it falls back to reading them from the
+/// outbox. Under full load the window is often full while the writer commits more; reading
+/// those rows back cost the origin about a tenth of its CPU, and holding 4,096 costs about
+/// 2 MiB per peer at 100-byte values.
+const LIVE_ROWS: usize = 4096;
 
 /// The connection a delivery task writes to.
 #[derive(Clone, Debug)]
@@ -145,8 +145,8 @@ impl DeliveryTask {
     }
 
     /// Whether new rows may go now. With rows waiting and the window nearly full, the task
-    /// waits until a quarter of the window is free instead of sending a few rows per
-    /// acknowledgement ("silly window" avoidance, as in TCP). Otherwise a busy peer that
+    /// waits until a full frame's worth of the window is free instead of sending a few rows
+    /// per acknowledgement ("silly window" avoidance, as in TCP). Otherwise a busy peer that
     /// acknowledges a few rows at a time gets a few rows at a time, commits each handful on
     /// its own and acknowledges it alone: measured, that locked a 3-node mesh into frames of
     /// three or four writes and cut its throughput by three quarters. With few rows waiting
@@ -159,7 +159,7 @@ impl DeliveryTask {
             self.live.len()
         };
         let room = window.saturating_sub(self.inflight.len());
-        waiting > 0 && room > 0 && room >= waiting.min(window / 4)
+        waiting > 0 && room > 0 && room >= waiting.min(MAX_FRAME_ROWS).min(window / 4)
     }
 
     pub async fn run(mut self) {
@@ -257,7 +257,7 @@ impl DeliveryTask {
         }
         let last = self.live.back().map_or(self.cursor, |r| r.seq);
         self.live.extend(rows.into_iter().filter(|r| r.seq > last));
-        if self.live.len() > self.node.cfg.delivery_window * LIVE_WINDOWS {
+        if self.live.len() > LIVE_ROWS {
             // Falling behind: read from the database instead of holding more in memory.
             self.read_outbox();
         }
