@@ -22,19 +22,24 @@ slip_rate=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["ap
 echo "$slip"
 
 echo "== Redis: primary + 2 replicas, pipelined SET (no persistence, then AOF everysec)"
+# Runs in a command substitution (a subshell), so it stops its own servers: the EXIT trap
+# of the script does not see pids added here.
 redis_run() {
-  local extra=$1 p r1 r2
+  local extra=$1 p r1 r2 rate servers=()
   p=$(free_port); r1=$(free_port); r2=$(free_port)
   for port in "$p" "$r1" "$r2"; do
     mkdir -p "$work/redis-$port"
-    redis-server --port "$port" --bind 127.0.0.1 --save "" $extra --dir "$work/redis-$port" --daemonize no >/dev/null &
-    pids+=($!)
+    redis-server --port "$port" --bind 127.0.0.1 --save "" $extra --dir "$work/redis-$port" --daemonize no >/dev/null 2>&1 &
+    servers+=($!)
   done
   sleep 0.5
   redis-cli -p "$r1" replicaof 127.0.0.1 "$p" >/dev/null
   redis-cli -p "$r2" replicaof 127.0.0.1 "$p" >/dev/null
   sleep 1
-  redis-benchmark -p "$p" -t set -n "$MESSAGES" -d "$SIZE" -P 100 -r 1000000 -q 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1 | awk '{print int($1)}'
+  rate=$(redis-benchmark -p "$p" -t set -n "$MESSAGES" -d "$SIZE" -P 100 -r 1000000 -q 2>/dev/null | tr '\r' '\n' | grep -Eo '[0-9.]+ requests per second' | tail -1 | awk '{print int($1)}')
+  kill "${servers[@]}" 2>/dev/null || true
+  wait "${servers[@]}" 2>/dev/null || true
+  echo "$rate"
 }
 redis_plain=$(redis_run "--appendonly no")
 redis_aof=$(redis_run "--appendonly yes --appendfsync everysec")
