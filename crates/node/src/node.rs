@@ -595,8 +595,8 @@ impl Node {
         };
         let node = self.clone();
         // The effects after the commit (seen, pushes, waking deliveries, answers) run in the
-        // returned future, on the task that waits for the ACK: a spawned task per write cost a
-        // few percent of a node's CPU. Whoever holds the future must drive it to the end even
+        // returned future, on the task that waits for the ACK: a spawned task per write cost
+        // the origin about a third of its CPU (BENCHMARKS.md). Whoever holds the future must drive it to the end even
         // once the answer no longer matters (a connection that closes hands its unfinished
         // commits to a task), so the effects happen even if the sender went away.
         let effects = async move {
