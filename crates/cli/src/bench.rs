@@ -39,6 +39,12 @@ pub struct BenchArgs {
     /// Writes per frame.
     #[arg(long, default_value_t = 100)]
     batch: usize,
+    /// Writes sent and acknowledged before the measured ones, and not counted: the first
+    /// commits into a fresh database take tens of milliseconds (new files, their first
+    /// fsyncs), a start-up cost rather than the steady state the figures describe. Not with
+    /// --catch-up.
+    #[arg(long, default_value_t = 1000)]
+    warmup: usize,
     /// Fixed rate in writes per second (0: as fast as the window allows). Latency figures
     /// mean most at a rate the mesh sustains.
     #[arg(long, default_value_t = 0)]
@@ -230,7 +236,7 @@ fn pushed_indexes<'a>(frame: &'a str, prefix: &str) -> impl Iterator<Item = usiz
 }
 
 /// A frame of bench writes, written directly (the values need no escaping).
-fn write_frame(prefix: &str, value: &str, run_id: u32, range: std::ops::Range<usize>) -> String {
+fn write_frame(prefix: &str, value: &str, ids: &str, range: std::ops::Range<usize>) -> String {
     use std::fmt::Write as _;
     let mut frame = String::with_capacity(range.len() * (value.len() + prefix.len() + 80) + 2);
     frame.push('[');
@@ -240,11 +246,52 @@ fn write_frame(prefix: &str, value: &str, run_id: u32, range: std::ops::Range<us
         }
         let _ = write!(
             frame,
-            r#"{{"type":"SK","key":"{prefix}{i}","value":"{value}","messageId":"b{run_id}-{i}"}}"#
+            r#"{{"type":"SK","key":"{prefix}{i}","value":"{value}","messageId":"{ids}{i}"}}"#
         );
     }
     frame.push(']');
     frame
+}
+
+/// Sends `--warmup` writes a frame at a time, each frame waited for, then gives the replicas a
+/// moment to apply them.
+async fn warm_up(
+    sink: &mut futures_util::stream::SplitSink<Ws, WsMessage>,
+    stream: &mut futures_util::stream::SplitStream<Ws>,
+    keys: &str,
+    value: &str,
+    ids: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<()> {
+    let mut next = 0;
+    while next < args.warmup {
+        let count = args.batch.max(1).min(args.warmup - next);
+        sink.send(WsMessage::Text(
+            write_frame(keys, value, ids, next..next + count).into(),
+        ))
+        .await?;
+        let mut acked = 0;
+        while acked < count {
+            let frame = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .map_err(|_| anyhow!("no ACK within 30 s during the warm-up"))?;
+            let t = match frame {
+                Some(Ok(WsMessage::Text(t))) => t,
+                Some(Ok(_)) => continue,
+                _ => bail!("the connection closed during the warm-up"),
+            };
+            for m in items(t.as_str()) {
+                match m.body {
+                    Body::Ack { message_ids } => acked += message_ids.len(),
+                    Body::Nack { error } => bail!("warm-up write rejected: {error}"),
+                    _ => {}
+                }
+            }
+        }
+        next += count;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(())
 }
 
 pub async fn run(args: BenchArgs) -> ExitCode {
@@ -356,15 +403,22 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             seen
         }));
     }
-    // The client's own CPU (its threads only): it shares the machine with the nodes.
+    // The writer.
+    let (mut sink, mut stream) = app(&urls[0]).await?.split();
+    let ids = format!("b{run_id}-");
+    if args.warmup > 0 && !args.catch_up {
+        // Keys outside the watched prefix, ids of their own.
+        let keys = format!("{prefix}warmup:");
+        let warm_ids = format!("w{run_id}-");
+        warm_up(&mut sink, &mut stream, &keys, &value, &warm_ids, &args).await?;
+    }
+    // CPU from here on. The client's own (its threads only): it shares the machine with the
+    // nodes.
     let client_before = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0);
     let before_cpu: HashMap<u32, f64> = local
         .iter()
         .filter_map(|l| Some((l.child.id(), proc_usage(l.child.id())?.0)))
         .collect();
-
-    // The writer.
-    let (mut sink, mut stream) = app(&urls[0]).await?.split();
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window));
     let acker = {
@@ -416,7 +470,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let due = start + Duration::from_secs_f64(next as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let frame = write_frame(&prefix, &value, run_id, next..next + count);
+        let frame = write_frame(&prefix, &value, &ids, next..next + count);
         let now = Instant::now();
         {
             let mut s = sent_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -552,6 +606,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "batch": args.batch,
         "rate": args.rate,
         "nodeWorkers": args.node_workers,
+        "warmup": if args.catch_up { 0 } else { args.warmup },
         "acked": acked,
         "ackedPerSecond": n as f64 / acked_secs,
         "appliedOnAllPerSecond": n as f64 / applied_secs,
@@ -658,7 +713,7 @@ mod tests {
 
     #[test]
     fn pushed_writes_are_found_by_key_and_written_frames_decode() {
-        let frame = write_frame("bench:7:", "xx", 7, 40..43);
+        let frame = write_frame("bench:7:", "xx", "b7-", 40..43);
         let decoded = items(&frame);
         assert_eq!(decoded.len(), 3);
         assert_eq!(decoded[2].key(), Some("bench:7:42"));
