@@ -174,6 +174,17 @@ fn proc_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / 100.0, status_mib(pid, "VmHWM")?))
 }
 
+/// Frames, bytes and messages the nodes have sent to each other so far.
+async fn sent_totals(https: &[Option<String>]) -> (f64, f64, f64) {
+    let (mut frames, mut bytes, mut sends) = (0.0, 0.0, 0.0);
+    for h in https.iter().flatten() {
+        frames += metric_sum(h, "slipstream_frames_sent_total").await;
+        bytes += metric_sum(h, "slipstream_bytes_sent_total").await;
+        sends += metric_sum(h, "slipstream_messages_sent_total").await;
+    }
+    (frames, bytes, sends)
+}
+
 async fn metric_sum(http: &str, name: &str) -> f64 {
     let Ok((200, text)) = client::request(http, "GET", "/metrics", None, None).await else {
         return 0.0;
@@ -412,8 +423,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let warm_ids = format!("w{run_id}-");
         warm_up(&mut sink, &mut stream, &keys, &value, &warm_ids, &args).await?;
     }
-    // CPU from here on. The client's own (its threads only): it shares the machine with the
-    // nodes.
+    // Traffic and CPU from here on. The client's own CPU (its threads only): it shares the
+    // machine with the nodes.
+    let sent_before = sent_totals(&https).await;
     let client_before = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0);
     let before_cpu: HashMap<u32, f64> = local
         .iter()
@@ -528,14 +540,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     let applied_secs = last_applied.duration_since(start).as_secs_f64();
-    let mut frames = 0.0;
-    let mut bytes = 0.0;
-    let mut sends = 0.0;
-    for h in https.iter().flatten() {
-        frames += metric_sum(h, "slipstream_frames_sent_total").await;
-        bytes += metric_sum(h, "slipstream_bytes_sent_total").await;
-        sends += metric_sum(h, "slipstream_messages_sent_total").await;
-    }
+    let (frames, bytes, sends) = {
+        let (f, b, m) = sent_totals(&https).await;
+        (f - sent_before.0, b - sent_before.1, m - sent_before.2)
+    };
     // Catch-up: the killed node starts again on its data and fetches what it missed.
     let catch_up = if args.catch_up {
         let i = local.len() - 1;
