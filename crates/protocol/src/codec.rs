@@ -123,17 +123,45 @@ pub fn decode_message(map: Map<String, Json>, limits: &Limits) -> Result<Message
         .map_err(|reason| Invalid { message_id, reason })
 }
 
+/// Longest id (`messageId`, instance ids, `clusterGroupId`), in characters.
+pub(crate) const MAX_ID_CHARS: usize = 256;
+/// Most `targetedTags` of a message, and `tags` of a `HELLO`.
+pub(crate) const MAX_TAGS: usize = 256;
+/// Most `args` of a `CMD`.
+pub(crate) const MAX_ARGS: usize = 1024;
+
+pub(crate) fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().count() <= MAX_ID_CHARS
+}
+
+pub(crate) fn valid_key(key: &str, limits: &Limits) -> bool {
+    !key.is_empty() && key.len() <= limits.max_key_bytes
+}
+
+/// A value's size as counted against `max_value_bytes`: its strings, and a member's name plus
+/// eight bytes per weight.
+pub(crate) fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(a) => a.iter().map(String::len).sum(),
+        Value::Weighted(w) => w.keys().map(|m| m.len() + 8).sum(),
+    }
+}
+
 /// The ids an ACK settles: `messageId`, then every entry of `messageIds`, each once, in
 /// order. (A set, not a scan of the list for each id: an ACK may name a thousand ids.)
 pub(crate) fn ack_ids(first: Option<String>, rest: Vec<String>) -> Vec<String> {
+    let keep: Vec<bool> = {
+        let mut seen: std::collections::HashSet<&str> = first.iter().map(String::as_str).collect();
+        rest.iter().map(|id| seen.insert(id.as_str())).collect()
+    };
     let mut ids: Vec<String> = Vec::with_capacity(rest.len() + 1);
     ids.extend(first);
-    let mut seen: std::collections::HashSet<String> = ids.iter().cloned().collect();
-    for id in rest {
-        if seen.insert(id.clone()) {
-            ids.push(id);
-        }
-    }
+    ids.extend(
+        rest.into_iter()
+            .zip(keep)
+            .filter_map(|(id, new)| new.then_some(id)),
+    );
     ids
 }
 
@@ -180,9 +208,9 @@ impl<'a> Fields<'a> {
     fn opt_id(&self, name: &str) -> Result<Option<String>, String> {
         match self.opt_str(name)? {
             None => Ok(None),
-            Some(s) if s.is_empty() || s.chars().count() > 256 => {
-                Err(format!("field `{name}` must be 1 to 256 characters"))
-            }
+            Some(s) if !valid_id(s) => Err(format!(
+                "field `{name}` must be 1 to {MAX_ID_CHARS} characters"
+            )),
             Some(s) => Ok(Some(s.to_owned())),
         }
     }
@@ -233,8 +261,8 @@ impl<'a> Fields<'a> {
 
     fn value(&self, kind: ValueKind, limits: &Limits) -> Result<Value, String> {
         let raw = self.get("value").ok_or("field `value` is required")?;
-        let (value, size) = match (kind, raw) {
-            (ValueKind::String, Json::String(s)) => (Value::String(s.clone()), s.len()),
+        let value = match (kind, raw) {
+            (ValueKind::String, Json::String(s)) => Value::String(s.clone()),
             (ValueKind::String, other) => {
                 return Err(format!(
                     "field `value` must be a string for SK, got {}",
@@ -254,8 +282,7 @@ impl<'a> Fields<'a> {
                         }
                     }
                 }
-                let size = out.iter().map(String::len).sum();
-                (Value::Array(out), size)
+                Value::Array(out)
             }
             (ValueKind::Array, other) => {
                 return Err(format!(
@@ -265,15 +292,13 @@ impl<'a> Fields<'a> {
             }
             (ValueKind::Weighted, Json::Object(members)) => {
                 let mut out = BTreeMap::new();
-                let mut size = 0;
                 for (member, w) in members {
                     let weight = w.as_f64().filter(|f| f.is_finite()).ok_or_else(|| {
                         format!("field `value.{member}` must be a finite number (the weight) for SW, got {}", json_kind(w))
                     })?;
-                    size += member.len() + 8;
                     out.insert(member.clone(), weight);
                 }
-                (Value::Weighted(out), size)
+                Value::Weighted(out)
             }
             (ValueKind::Weighted, other) => {
                 return Err(format!(
@@ -282,6 +307,7 @@ impl<'a> Fields<'a> {
                 ))
             }
         };
+        let size = value_bytes(&value);
         if size > limits.max_value_bytes {
             return Err(format!(
                 "field `value` is {size} bytes, more than the limit of {}",
@@ -305,7 +331,7 @@ impl<'a> Fields<'a> {
             origin_instance_id: self.opt_id("originInstanceId")?,
             source_instance_id: self.opt_id("sourceInstanceId")?,
             message_path: self.str_array("messagePath", limits.max_path)?,
-            targeted_tags: self.str_array("targetedTags", 256)?,
+            targeted_tags: self.str_array("targetedTags", MAX_TAGS)?,
             cluster_group_id: self.opt_id("clusterGroupId")?,
             hlc,
             relay_to: self.str_array("relayTo", limits.max_path)?,
@@ -342,7 +368,7 @@ impl<'a> Fields<'a> {
                 }
                 Body::Command {
                     command: command.to_owned(),
-                    args: self.str_array("args", 1024)?,
+                    args: self.str_array("args", MAX_ARGS)?,
                 }
             }
             MessageType::Ack => {
@@ -382,7 +408,7 @@ impl<'a> Fields<'a> {
                 instance_id: self
                     .opt_id("instanceId")?
                     .ok_or("field `instanceId` is required")?,
-                tags: self.str_array("tags", 256)?,
+                tags: self.str_array("tags", MAX_TAGS)?,
                 cluster_group_id: env.cluster_group_id.clone(),
                 role: match self.opt_str("role")? {
                     None | Some("peer") => Role::Peer,

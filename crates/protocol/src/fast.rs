@@ -16,7 +16,7 @@ use std::fmt;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-use crate::codec::Limits;
+use crate::codec::{ack_ids, valid_id, valid_key, value_bytes, Limits, MAX_ARGS, MAX_TAGS};
 use crate::hlc::Hlc;
 use crate::message::{Body, Envelope, Message, MessageType, Value, ValueKind};
 
@@ -160,7 +160,7 @@ impl<'de> Deserialize<'de> for RawValue {
 fn id(s: Option<Str>) -> Option<Option<String>> {
     match s {
         None => Some(None),
-        Some(s) if s.is_empty() || s.chars().count() > 256 => None,
+        Some(s) if !valid_id(&s) => None,
         Some(s) => Some(Some(s.into_owned())),
     }
 }
@@ -186,14 +186,14 @@ impl Raw<'_> {
             origin_instance_id: id(self.origin_instance_id)?,
             source_instance_id: id(self.source_instance_id)?,
             message_path: list(self.message_path, limits.max_path)?,
-            targeted_tags: list(self.targeted_tags, 256)?,
+            targeted_tags: list(self.targeted_tags, MAX_TAGS)?,
             cluster_group_id: id(self.cluster_group_id)?,
             hlc,
             relay_to: list(self.relay_to, limits.max_path)?,
         };
         let key = |key: Option<Str>| -> Option<String> {
             let key = key?;
-            (!key.is_empty() && key.len() <= limits.max_key_bytes).then(|| key.into_owned())
+            valid_key(&key, limits).then(|| key.into_owned())
         };
         let body = match ty {
             MessageType::Sk | MessageType::Sa | MessageType::Sw => {
@@ -223,11 +223,11 @@ impl Raw<'_> {
                 let command = self.command.filter(|c| !c.is_empty())?;
                 Body::Command {
                     command: command.into_owned(),
-                    args: list(self.args, 1024)?,
+                    args: list(self.args, MAX_ARGS)?,
                 }
             }
             MessageType::Ack => {
-                let ids = crate::codec::ack_ids(
+                let ids = ack_ids(
                     env.message_id.clone(),
                     list(self.message_ids, limits.max_batch)?,
                 );
@@ -239,15 +239,6 @@ impl Raw<'_> {
             MessageType::Nack | MessageType::Res | MessageType::Hello => return None,
         };
         Some(Message { env, body })
-    }
-}
-
-/// A value's size as the general path counts it against `max_value_bytes`.
-fn value_bytes(v: &Value) -> usize {
-    match v {
-        Value::String(s) => s.len(),
-        Value::Array(a) => a.iter().map(String::len).sum(),
-        Value::Weighted(w) => w.keys().map(|m| m.len() + 8).sum(),
     }
 }
 
