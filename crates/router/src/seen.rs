@@ -42,17 +42,18 @@ impl SeenCache {
     }
 
     pub fn contains(&self, message_id: &str, group: &str, now_ms: u64) -> bool {
-        self.find(message_id, group)
+        let hash = self.hasher.hash_one((message_id, group));
+        self.find(hash, message_id, group)
             .is_some_and(|e| now_ms.saturating_sub(e.at) < self.ttl_ms)
     }
 
     /// Remembers a message. One seen already keeps its first time: the TTL counts from then.
     pub fn insert(&mut self, message_id: &str, group: &str, now_ms: u64) {
         self.expire(now_ms);
-        if self.find(message_id, group).is_some() {
+        let hash = self.hasher.hash_one((message_id, group));
+        if self.find(hash, message_id, group).is_some() {
             return;
         }
-        let hash = self.hasher.hash_one((message_id, group));
         let number = self.first + self.order.len() as u64;
         let (order, first) = (&self.order, self.first);
         self.index
@@ -76,8 +77,7 @@ impl SeenCache {
         self.order.is_empty()
     }
 
-    fn find(&self, message_id: &str, group: &str) -> Option<&Entry> {
-        let hash = self.hasher.hash_one((message_id, group));
+    fn find(&self, hash: u64, message_id: &str, group: &str) -> Option<&Entry> {
         let n = self.index.find(hash, |n| {
             let e = &self.order[(n - self.first) as usize];
             e.hash == hash && &*e.message_id == message_id && &*e.group == group
