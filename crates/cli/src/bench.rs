@@ -264,14 +264,31 @@ fn write_frame(prefix: &str, value: &str, ids: &str, range: std::ops::Range<usiz
     frame
 }
 
-/// Sends `--warmup` writes a frame at a time, each frame waited for, then gives the replicas a
-/// moment to apply them.
+/// How many writes a frame from the origin acknowledges; a `NACK` is an error.
+fn acked_in(frame: &str) -> anyhow::Result<usize> {
+    let mut acked = 0;
+    for m in items(frame) {
+        match m.body {
+            Body::Ack { message_ids } => acked += message_ids.len(),
+            Body::Nack { error } => {
+                let id = m.env.message_id.unwrap_or_default();
+                bail!("write {id} rejected: {error}");
+            }
+            _ => {}
+        }
+    }
+    Ok(acked)
+}
+
+/// Sends `--warmup` writes a frame at a time, each frame waited for, then waits until every
+/// local node holds the last of them.
 async fn warm_up(
     sink: &mut futures_util::stream::SplitSink<Ws, WsMessage>,
     stream: &mut futures_util::stream::SplitStream<Ws>,
     keys: &str,
     value: &str,
     ids: &str,
+    https: &[Option<String>],
     args: &BenchArgs,
 ) -> anyhow::Result<()> {
     let mut next = 0;
@@ -291,17 +308,23 @@ async fn warm_up(
                 Some(Ok(_)) => continue,
                 _ => bail!("the connection closed during the warm-up"),
             };
-            for m in items(t.as_str()) {
-                match m.body {
-                    Body::Ack { message_ids } => acked += message_ids.len(),
-                    Body::Nack { error } => bail!("warm-up write rejected: {error}"),
-                    _ => {}
-                }
-            }
+            acked += acked_in(t.as_str())?;
         }
         next += count;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = format!("/v1/keys/{keys}{}", args.warmup - 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for http in https.iter().flatten() {
+        while !matches!(
+            client::request(http, "GET", &last, None, None).await,
+            Ok((200, _))
+        ) {
+            if Instant::now() > deadline {
+                bail!("the warm-up writes did not reach {http} within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     Ok(())
 }
 
@@ -421,7 +444,16 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         // Keys outside the watched prefix, ids of their own.
         let keys = format!("{prefix}warmup:");
         let warm_ids = format!("w{run_id}-");
-        warm_up(&mut sink, &mut stream, &keys, &value, &warm_ids, &args).await?;
+        warm_up(
+            &mut sink,
+            &mut stream,
+            &keys,
+            &value,
+            &warm_ids,
+            &https,
+            &args,
+        )
+        .await?;
     }
     // Traffic and CPU from here on. The client's own CPU (its threads only): it shares the
     // machine with the nodes.
@@ -444,22 +476,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     Some(Ok(_)) => continue,
                     _ => break,
                 };
-                for m in items(t.as_str()) {
-                    match m.body {
-                        Body::Ack { message_ids } => {
-                            acked += message_ids.len();
-                            in_flight.add_permits(message_ids.len());
-                            last = Instant::now();
-                        }
-                        Body::Nack { error } => {
-                            let id = m.env.message_id.unwrap_or_default();
-                            return Err(anyhow!("write {id} rejected: {error}"));
-                        }
-                        _ => {}
-                    }
+                let count = acked_in(t.as_str())?;
+                if count > 0 {
+                    acked += count;
+                    in_flight.add_permits(count);
+                    last = Instant::now();
                 }
             }
-            Ok((acked, last))
+            Ok::<_, anyhow::Error>((acked, last))
         })
     };
     let start = Instant::now();
