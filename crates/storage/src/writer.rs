@@ -43,6 +43,8 @@ pub(crate) struct Writer {
     stats: Arc<WriterStats>,
     on_commit: Option<CommitObserver>,
     on_deliveries: Option<DeliveryObserver>,
+    /// Whether commits are synced now (`synchronous = FULL`, the connection's setting).
+    synced: bool,
 }
 
 impl Writer {
@@ -61,6 +63,7 @@ impl Writer {
             stats,
             on_commit,
             on_deliveries,
+            synced: true,
         }
     }
 
@@ -87,13 +90,11 @@ impl Writer {
         let stop = ops.iter().any(|op| matches!(op, WriterOp::Stop(_)));
         let now = now_ms() as i64;
         skip_sent_marks_of_acked_rows(&mut ops);
-        // A batch of delivery marks only needs no fsync of its own (see `only_marks`).
-        let unsynced = only_marks(&ops);
-        if unsynced {
-            self.set_synced(false);
-        }
+        // A batch of delivery marks only needs no fsync of its own (see `only_marks`). Any
+        // other batch commits only once syncing is back on.
+        let marks_only = only_marks(&ops);
         // Fast path: no savepoints. Any error rolls the whole transaction back.
-        let fast = (|| -> Result<Vec<Result<Done>>> {
+        let fast = self.set_synced(!marks_only).and_then(|()| {
             let tx = self.conn.transaction()?;
             let mut results = Vec::with_capacity(ops.len());
             for op in &ops {
@@ -101,9 +102,12 @@ impl Writer {
             }
             tx.commit()?;
             Ok(results)
-        })();
+        });
         // Slow path: a savepoint per operation isolates the failing one.
-        let outcome: Result<Vec<Result<Done>>> = fast.or_else(|_| {
+        let outcome: Result<Vec<Result<Done>>> = fast.or_else(|e| {
+            if !self.synced && !marks_only {
+                return Err(e);
+            }
             let mut tx = self.conn.transaction()?;
             let mut results = Vec::with_capacity(ops.len());
             for op in &ops {
@@ -117,9 +121,6 @@ impl Writer {
             tx.commit()?;
             Ok(results)
         });
-        if unsynced {
-            self.set_synced(true);
-        }
         match outcome {
             Ok(results) => {
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -151,22 +152,22 @@ impl Writer {
         }
         stop
     }
-}
 
-impl Writer {
     /// Unsynced commits also run no automatic checkpoint: a checkpoint under
     /// `synchronous = OFF` would copy frames into the database file without syncing it, and the
     /// WAL could then be rewound over frames the file does not durably hold. Checkpoints stay
     /// with synced commits, which sync the file first.
-    fn set_synced(&self, synced: bool) {
-        let pragmas = if synced {
+    fn set_synced(&mut self, synced: bool) -> Result<()> {
+        if self.synced == synced {
+            return Ok(());
+        }
+        self.conn.execute_batch(if synced {
             "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000;"
         } else {
             "PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;"
-        };
-        if let Err(e) = self.conn.execute_batch(pragmas) {
-            tracing::error!(error = %e, pragmas, "cannot switch commit syncing");
-        }
+        })?;
+        self.synced = synced;
+        Ok(())
     }
 }
 
@@ -585,6 +586,31 @@ mod tests {
 
     fn reply<T>() -> Reply<T> {
         oneshot::channel().0
+    }
+
+    /// A writer on a real database file switches to unsynced commits for a batch of marks
+    /// and back to synced ones for anything else.
+    #[test]
+    fn syncing_is_back_on_for_every_batch_that_is_not_only_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("w.db")).unwrap();
+        conn.execute_batch(crate::schema::PRAGMAS).unwrap();
+        conn.execute_batch(crate::schema::SCHEMA).unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        let mut w = Writer::new(conn, rx, 16, Arc::default(), None, None);
+        let level = |w: &Writer| -> i64 {
+            w.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(level(&w), 2, "FULL to begin with");
+        w.commit_batch(&mut vec![WriterOp::MarkAcked(vec![1], None, reply())]);
+        assert_eq!(level(&w), 0, "OFF for marks alone");
+        w.commit_batch(&mut vec![
+            WriterOp::MarkAcked(vec![1], None, reply()),
+            WriterOp::Flush(reply()),
+        ]);
+        assert_eq!(level(&w), 2, "FULL again for anything else");
     }
 
     #[test]
