@@ -18,6 +18,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
+pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
 
 /// Errors callers can match.
@@ -190,6 +191,9 @@ pub struct StorageOptions {
     pub max_batch: usize,
     /// Capacity of the writer's queue; callers wait when it is full (backpressure).
     pub queue: usize,
+    /// How long delivery marks alone may wait to commit with the next write
+    /// ([`DEFER_MARKS`]); zero commits them at once.
+    pub defer_marks: std::time::Duration,
 }
 
 impl Default for StorageOptions {
@@ -199,6 +203,7 @@ impl Default for StorageOptions {
             on_deliveries: None,
             max_batch: 1024,
             queue: 16 * 1024,
+            defer_marks: DEFER_MARKS,
         }
     }
 }
@@ -257,7 +262,7 @@ impl Storage {
         let reader = open_conn(&file)?;
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer::new(
+        let mut writer = Writer::new(
             conn,
             rx,
             opts.max_batch.max(1),
@@ -265,6 +270,7 @@ impl Storage {
             opts.on_commit.clone(),
             opts.on_deliveries.clone(),
         );
+        writer.defer_marks = opts.defer_marks;
         let handle = std::thread::Builder::new()
             .name("slipstream-writer".into())
             .spawn(move || writer.run())

@@ -546,3 +546,95 @@ async fn take_over_owes_an_origins_recent_untargeted_writes_once() {
         "nothing from a since then"
     );
 }
+
+/// Waits (up to 10 s) until the writer has taken every queued operation off its queue.
+async fn writer_took_everything(s: &Storage) {
+    for _ in 0..1000 {
+        if s.tx.capacity() == s.tx.max_capacity() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("the writer did not take its queued operations");
+}
+
+/// Marks alone wait for the next commit instead of committing on their own: a mark the
+/// writer has taken, followed by a flush, costs one commit, not two.
+#[tokio::test]
+async fn marks_alone_wait_to_commit_with_the_next_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StorageOptions {
+        defer_marks: std::time::Duration::from_secs(3600),
+        ..StorageOptions::default()
+    };
+    let s = Storage::open(dir.path(), None, opts).unwrap();
+    let rows = match s.record(rec("m1", "k", "v", 1, "a", &["b"])).await.unwrap() {
+        Recorded::New { deliveries, .. } => deliveries,
+        other => panic!("{other:?}"),
+    };
+    let commits = s.stats().commits.load(Ordering::Relaxed);
+    s.mark_acked(vec![rows[0].1], None).await.unwrap();
+    writer_took_everything(&s).await;
+    assert_eq!(
+        s.stats().commits.load(Ordering::Relaxed),
+        commits,
+        "held back"
+    );
+    s.flush().await.unwrap();
+    assert_eq!(s.stats().commits.load(Ordering::Relaxed), commits + 1);
+    assert!(s.open_deliveries("b", 0, 10).await.unwrap().is_empty());
+    let counts = s.peer_counts(true).await.unwrap();
+    assert_eq!(counts[0].1.acked, 1, "{counts:?}");
+}
+
+/// With nothing else to commit, held-back marks commit on their own once the delay is over,
+/// and a writer that stops commits the marks it holds.
+#[tokio::test]
+async fn held_back_marks_commit_after_the_delay_and_at_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StorageOptions {
+        defer_marks: std::time::Duration::from_millis(20),
+        ..StorageOptions::default()
+    };
+    let s = Storage::open(dir.path(), None, opts).unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..2 {
+        if let Recorded::New { deliveries, .. } = s
+            .record(rec(&format!("m{i}"), "k", "v", i, "a", &["b"]))
+            .await
+            .unwrap()
+        {
+            seqs.push(deliveries[0].1);
+        }
+    }
+    s.mark_acked(vec![seqs[0]], None).await.unwrap();
+    let mut left = usize::MAX;
+    for _ in 0..1000 {
+        left = s.open_deliveries("b", 0, 10).await.unwrap().len();
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(left, 1, "the mark committed without another operation");
+
+    let stopping = Storage::open(
+        dir.path(),
+        None,
+        StorageOptions {
+            defer_marks: std::time::Duration::from_secs(3600),
+            ..StorageOptions::default()
+        },
+    )
+    .unwrap();
+    s.close().await;
+    stopping.mark_acked(vec![seqs[1]], None).await.unwrap();
+    writer_took_everything(&stopping).await;
+    stopping.close().await;
+    let reopened = open(dir.path());
+    assert!(reopened
+        .open_deliveries("b", 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}

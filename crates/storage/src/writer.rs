@@ -45,6 +45,8 @@ pub(crate) struct Writer {
     on_deliveries: Option<DeliveryObserver>,
     /// Whether commits are synced now (`synchronous = FULL`, the connection's setting).
     synced: bool,
+    /// How long a batch of marks alone may wait for the next commit ([`DEFER_MARKS`]).
+    pub(crate) defer_marks: std::time::Duration,
 }
 
 impl Writer {
@@ -64,12 +66,48 @@ impl Writer {
             on_commit,
             on_deliveries,
             synced: true,
+            defer_marks: DEFER_MARKS,
         }
     }
 
     pub(crate) fn run(mut self) {
+        // Waiting for the next operation with a deadline needs a timer; a current-thread
+        // runtime on this thread provides one. Without it, deferred marks commit at once.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .ok();
         let mut batch = Vec::with_capacity(self.max_batch);
-        while let Some(first) = self.rx.blocking_recv() {
+        // Marks held back for the next commit (see `DEFER_MARKS`), in arrival order.
+        let mut deferred: Vec<WriterOp> = Vec::new();
+        let mut deferred_since = std::time::Instant::now();
+        loop {
+            let next = match (&timer, deferred.is_empty()) {
+                (Some(rt), false) => {
+                    let left = self.defer_marks.saturating_sub(deferred_since.elapsed());
+                    let rx = &mut self.rx;
+                    // The timer must be made inside the runtime, hence the async block.
+                    match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
+                        Ok(op) => op,
+                        Err(_) => {
+                            // Nothing else came in time: the marks commit on their own.
+                            batch.append(&mut deferred);
+                            if self.commit_batch(&mut batch) {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
+                }
+                _ => self.rx.blocking_recv(),
+            };
+            let Some(first) = next else {
+                // Every sender is gone: commit what is held back, then stop.
+                if !deferred.is_empty() {
+                    self.commit_batch(&mut deferred);
+                }
+                break;
+            };
             batch.push(first);
             while batch.len() < self.max_batch {
                 match self.rx.try_recv() {
@@ -77,8 +115,23 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let stop = self.commit_batch(&mut batch);
-            if stop {
+            if timer.is_some()
+                && !self.defer_marks.is_zero()
+                && only_marks(&batch)
+                && deferred.len() < self.max_batch
+            {
+                if deferred.is_empty() {
+                    deferred_since = std::time::Instant::now();
+                }
+                deferred.append(&mut batch);
+                continue;
+            }
+            if !deferred.is_empty() {
+                // Held-back marks go first, so every operation runs in arrival order.
+                deferred.append(&mut batch);
+                std::mem::swap(&mut deferred, &mut batch);
+            }
+            if self.commit_batch(&mut batch) {
                 break;
             }
         }
@@ -170,6 +223,15 @@ impl Writer {
         Ok(())
     }
 }
+
+/// How long delivery marks (acknowledged, sent, an attempt counted) may wait for the next
+/// commit. A batch of nothing but marks is held back this long, or until other operations or
+/// `max_batch` more marks arrive, and then commits together with them: at a steady trickle of
+/// writes an origin otherwise commits twice per write, once for the write and once for its
+/// peers' ACKs, and each commit costs a WAL write of every page it touched (and, on a virtual
+/// machine, exits to the hypervisor). A mark lost in a crash only means its row is sent again,
+/// so holding marks back risks nothing that was acknowledged.
+pub const DEFER_MARKS: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Whether a batch holds nothing but delivery marks (acknowledged, sent, an attempt counted).
 /// Such a batch commits without an fsync: losing it in a crash only means those rows go again,
