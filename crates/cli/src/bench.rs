@@ -16,6 +16,7 @@ use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use slipstream_node::http::client;
+use slipstream_node::telemetry::process;
 use slipstream_protocol::{decode_frame, Body, Limits, Message};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -27,6 +28,12 @@ pub struct BenchArgs {
     /// Run against running nodes instead (repeat: ws://host:port); writes go to the first.
     #[arg(long)]
     target: Vec<String>,
+    /// The HTTP address (host:port) of each --target, in the same order. With it the report
+    /// gives each node's CPU, RSS and commits (from its /metrics), the traffic between nodes,
+    /// and the warm-up waits until every node holds its writes. A running node's peak RSS is
+    /// its peak since it started, which may predate the run.
+    #[arg(long, value_name = "HOST:PORT")]
+    target_http: Vec<String>,
     /// Writes to send.
     #[arg(long, default_value_t = 20_000)]
     messages: usize,
@@ -148,30 +155,21 @@ fn spawn_node(
     })
 }
 
-/// A memory figure of `/proc/<pid>/status` (such as `VmRSS`, `VmHWM`), in MiB.
-fn status_mib(pid: u32, field: &str) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
-/// Current resident memory (MiB).
-fn current_rss(pid: u32) -> Option<f64> {
-    status_mib(pid, "VmRSS")
-}
-
-/// Per-node CPU seconds and peak RSS (MiB) from /proc.
+/// Per-node CPU seconds and peak RSS (MiB).
 fn proc_usage(pid: u32) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some((ticks / 100.0, status_mib(pid, "VmHWM")?))
+    process::usage(pid).map(|u| (u.cpu_seconds, u.peak_rss_mib))
+}
+
+/// A running node's CPU seconds and peak RSS (MiB), from its `/status`.
+async fn status_usage(http: &str) -> (f64, f64) {
+    let process = match client::request(http, "GET", "/status", None, None).await {
+        Ok((200, body)) => {
+            serde_json::from_str::<Value>(&body).unwrap_or_default()["process"].take()
+        }
+        _ => Value::Null,
+    };
+    let figure = |k: &str| process[k].as_f64().unwrap_or(f64::NAN);
+    (figure("cpuSeconds"), figure("peakRssMiB"))
 }
 
 /// Frames, bytes and messages the nodes have sent to each other so far.
@@ -193,6 +191,21 @@ async fn metric_sum(http: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name) && !l.starts_with('#'))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// One node's line of the report. Commits come from its metrics: group commit at work, how
+/// many storage operations shared each commit (and fsync).
+async fn node_report(i: usize, http: &str, cpu: f64, rss: f64, applied: Option<&usize>) -> Value {
+    let ops = metric_sum(http, "slipstream_commit_batch_size_sum").await;
+    let commits = metric_sum(http, "slipstream_commit_batch_size_count").await;
+    json!({
+        "node": i + 1,
+        "cpuSeconds": cpu,
+        "peakRssMiB": rss,
+        "applied": applied,
+        "commits": commits,
+        "opsPerCommit": if commits > 0.0 { ops / commits } else { 0.0 },
+    })
 }
 
 type Ws =
@@ -349,6 +362,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.messages == 0 || args.window == 0 || args.batch == 0 {
         bail!("--messages, --window and --batch must be at least 1");
     }
+    if args.target.is_empty() && !args.target_http.is_empty() {
+        bail!("--target-http needs --target");
+    }
     let dir = tempfile::Builder::new()
         .prefix("slipstream-bench-")
         .tempdir()?;
@@ -398,11 +414,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         if args.catch_up {
             bail!("--catch-up needs the local mesh (no --target)");
         }
-        (
-            args.target.clone(),
-            args.target.iter().map(|_| None).collect(),
-        )
+        if !args.target_http.is_empty() && args.target_http.len() != args.target.len() {
+            bail!(
+                "--target-http is given {} times and --target {} times: give one HTTP address per target, in the same order",
+                args.target_http.len(),
+                args.target.len()
+            );
+        }
+        let https = match args.target_http.is_empty() {
+            true => args.target.iter().map(|_| None).collect(),
+            false => args.target_http.iter().cloned().map(Some).collect(),
+        };
+        (args.target.clone(), https)
     };
+
     let n = args.messages;
     let run_id = std::process::id();
     let prefix = format!("bench:{run_id}:");
@@ -463,6 +488,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|l| Some((l.child.id(), proc_usage(l.child.id())?.0)))
         .collect();
+    // Running nodes (--target-http): their CPU and memory from their /status.
+    let target_https: Vec<String> = match local.is_empty() {
+        true => https.iter().flatten().cloned().collect(),
+        false => Vec::new(),
+    };
+    let mut target_cpu_before = Vec::new();
+    for h in &target_https {
+        target_cpu_before.push(status_usage(h).await.0);
+    }
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window));
     let acker = {
@@ -516,8 +550,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         }
         sink.send(WsMessage::Text(frame.into())).await?;
         if next * 10 / n != (next + count) * 10 / n {
-            if let Some(rss) = local.first().and_then(|l| current_rss(l.child.id())) {
-                origin_rss.push(rss);
+            if let Some(u) = local.first().and_then(|l| process::usage(l.child.id())) {
+                origin_rss.push(u.rss_mib);
             }
         }
         next += count;
@@ -616,19 +650,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let client_cpu = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0) - client_before;
     let mut nodes: Vec<Value> = Vec::new();
+    for (i, h) in target_https.iter().enumerate() {
+        let (cpu, rss) = status_usage(h).await;
+        let cpu = cpu - target_cpu_before[i];
+        nodes.push(node_report(i, h, cpu, rss, seen_per_node.get(i)).await);
+    }
     for (i, l) in local.iter().enumerate() {
         let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
-        // Group commit at work: how many storage operations shared each commit (and fsync).
-        let ops = metric_sum(&l.http, "slipstream_commit_batch_size_sum").await;
-        let commits = metric_sum(&l.http, "slipstream_commit_batch_size_count").await;
-        nodes.push(json!({
-            "node": i + 1,
-            "cpuSeconds": cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0),
-            "peakRssMiB": rss,
-            "applied": seen_per_node.get(i),
-            "commits": commits,
-            "opsPerCommit": if commits > 0.0 { ops / commits } else { 0.0 },
-        }));
+        let cpu = cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0);
+        nodes.push(node_report(i, &l.http, cpu, rss, seen_per_node.get(i)).await);
     }
     let report = json!({
         "nodes": urls.len(),

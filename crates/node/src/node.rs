@@ -879,6 +879,7 @@ impl Node {
             "clusterGroupId": self.cfg.cluster_group_id,
             "version": env!("CARGO_PKG_VERSION"),
             "uptimeSeconds": self.started.elapsed().as_secs(),
+            "process": crate::telemetry::process::usage(std::process::id()),
             "outboxDepth": outbox,
             "journalMessages": journal,
             "deadLetters": dead,

@@ -4,6 +4,7 @@
 
 pub mod logging;
 pub mod metrics;
+pub mod process;
 
 pub use metrics::Metrics;
 

@@ -1,0 +1,126 @@
+//! `slipstream bench`: a small run on its own local mesh, and one against running nodes.
+//! These check what the bench reports and that it checks the mesh, not how fast it is
+//! (figures come from runs of the release build, in BENCHMARKS.md).
+
+use std::process::Command;
+
+use serde_json::Value;
+use slipstream_testkit::{NodeOptions, TestNode};
+
+const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
+
+/// Runs the bench with `args` and `--json`; returns its exit code, report and stderr.
+fn bench<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, Value, String) {
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.code(), report, stderr)
+}
+
+fn number(v: &Value, what: &str) -> f64 {
+    v.as_f64()
+        .unwrap_or_else(|| panic!("{what} is not a number: {v}"))
+}
+
+#[test]
+fn a_local_mesh_run_reports_every_figure_and_that_every_node_holds_every_write() {
+    let (code, r, stderr) = bench(&[
+        "--nodes",
+        "3",
+        "--messages",
+        "2000",
+        "--warmup",
+        "100",
+        "--window",
+        "500",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}\n{r}");
+    assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
+    assert_eq!(r["acked"], 2000, "{r}");
+    assert!(number(&r["appliedOnAllPerSecond"], "applied/s") > 0.0);
+    let l = &r["latencyMs"];
+    let (p50, p99, max) = (
+        number(&l["p50"], "p50"),
+        number(&l["p99"], "p99"),
+        number(&l["max"], "max"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{l}");
+    // Direct forwarding on a healthy full mesh: the origin sends each write to the two
+    // others and nobody forwards it again (a resend after a slow ACK may add a little).
+    let sends = number(&r["messagesSentPerWrite"], "messages per write");
+    assert!((2.0..2.5).contains(&sends), "{sends}");
+    let nodes = r["perNode"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{r}");
+    for n in nodes {
+        assert_eq!(n["applied"], 2000, "{n}");
+        assert!(number(&n["cpuSeconds"], "cpu") > 0.0, "{n}");
+        assert!(number(&n["peakRssMiB"], "rss") > 1.0, "{n}");
+        assert!(number(&n["commits"], "commits") >= 1.0, "{n}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_against_running_nodes_reads_their_figures_from_their_status_and_metrics() {
+    let a = TestNode::start(BIN, NodeOptions::default()).unwrap();
+    let b = TestNode::start(BIN, NodeOptions::dialing(&[&a])).unwrap();
+    a.wait_connected(1).await;
+    b.wait_connected(1).await;
+    let args = [
+        "--target",
+        &a.ws_url(),
+        "--target",
+        &b.ws_url(),
+        "--target-http",
+        &a.http_addr.to_string(),
+        "--target-http",
+        &b.http_addr.to_string(),
+        "--messages",
+        "1000",
+        "--warmup",
+        "100",
+    ]
+    .map(str::to_owned);
+    let (code, r, stderr) = tokio::task::spawn_blocking(move || bench(&args))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{stderr}\n{r}");
+    assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
+    assert_eq!(r["nodes"], 2, "{r}");
+    assert!(
+        number(&r["messagesSentPerWrite"], "messages per write") >= 1.0,
+        "{r}"
+    );
+    let nodes = r["perNode"].as_array().unwrap();
+    assert_eq!(nodes.len(), 2, "{r}");
+    for n in nodes {
+        assert_eq!(n["applied"], 1000, "{n}");
+        assert!(number(&n["cpuSeconds"], "cpu") > 0.0, "{n}");
+        assert!(number(&n["peakRssMiB"], "rss") > 1.0, "{n}");
+        assert!(number(&n["commits"], "commits") >= 1.0, "{n}");
+    }
+}
+
+#[test]
+fn target_http_must_pair_with_the_targets() {
+    let (code, _, stderr) = bench(&["--target-http", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("--target-http needs --target"), "{stderr}");
+    let (code, _, stderr) = bench(&[
+        "--target",
+        "ws://127.0.0.1:1",
+        "--target-http",
+        "127.0.0.1:1",
+        "--target-http",
+        "127.0.0.1:2",
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--target-http is given 2 times and --target 1 times"),
+        "{stderr}"
+    );
+}
