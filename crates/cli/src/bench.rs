@@ -584,6 +584,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 
     let sent = sent_at.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let mut latencies = Vec::with_capacity(n);
+    // Publish to applied on each node: splits the latency into the origin's commit and the
+    // replicas' hop.
+    let mut per_node: Vec<Vec<f64>> = vec![Vec::with_capacity(n); applied.len()];
     let mut last_applied = start;
     for (i, published) in sent.iter().enumerate() {
         let everywhere = applied
@@ -591,12 +594,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             .map(|a| a.lock().unwrap_or_else(|p| p.into_inner())[i])
             .collect::<Option<Vec<_>>>();
         if let (Some(p), Some(times)) = (published, everywhere) {
+            let ms = |t: Instant| t.duration_since(*p).as_secs_f64() * 1000.0;
+            for (node, t) in per_node.iter_mut().zip(&times) {
+                node.push(ms(*t));
+            }
             let done = times.into_iter().max().unwrap_or(*p);
             last_applied = last_applied.max(done);
-            latencies.push(done.duration_since(*p).as_secs_f64() * 1000.0);
+            latencies.push(ms(done));
         }
     }
-    latencies.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let by_rank = |a: &f64, b: &f64| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal);
+    latencies.sort_by(by_rank);
+    for l in &mut per_node {
+        l.sort_by(by_rank);
+    }
     let applied_secs = last_applied.duration_since(start).as_secs_f64();
     let (frames, bytes, sends) = {
         let (f, b, m) = sent_totals(&https).await;
@@ -659,6 +670,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
         let cpu = cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0);
         nodes.push(node_report(i, &l.http, cpu, rss, seen_per_node.get(i)).await);
+    }
+    for (i, l) in per_node.iter().enumerate() {
+        let figures = json!({"p50": percentile(l, 0.50), "p99": percentile(l, 0.99)});
+        match nodes.get_mut(i) {
+            Some(node) => node["appliedLatencyMs"] = figures,
+            None => nodes.push(json!({"node": i + 1, "applied": seen_per_node.get(i), "appliedLatencyMs": figures})),
+        }
     }
     let report = json!({
         "nodes": urls.len(),
@@ -729,8 +747,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         );
         for node in &nodes {
             println!(
-                "node {}: cpu {:.2} s, peak RSS {:.1} MiB, {} commits of {:.1} operations",
+                "node {}: applied p50 {:.2} ms p99 {:.2} ms; cpu {:.2} s, peak RSS {:.1} MiB, {} commits of {:.1} operations",
                 node["node"],
+                node["appliedLatencyMs"]["p50"].as_f64().unwrap_or(f64::NAN),
+                node["appliedLatencyMs"]["p99"].as_f64().unwrap_or(f64::NAN),
                 node["cpuSeconds"].as_f64().unwrap_or(f64::NAN),
                 node["peakRssMiB"].as_f64().unwrap_or(f64::NAN),
                 node["commits"],

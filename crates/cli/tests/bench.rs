@@ -58,6 +58,12 @@ fn a_local_mesh_run_reports_every_figure_and_that_every_node_holds_every_write()
     assert_eq!(nodes.len(), 3, "{r}");
     for n in nodes {
         assert_eq!(n["applied"], 2000, "{n}");
+        let (p50, p99) = (
+            number(&n["appliedLatencyMs"]["p50"], "node p50"),
+            number(&n["appliedLatencyMs"]["p99"], "node p99"),
+        );
+        // Applied on one node no later than on all of them.
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{n}");
         assert!(number(&n["cpuSeconds"], "cpu") > 0.0, "{n}");
         assert!(number(&n["peakRssMiB"], "rss") > 1.0, "{n}");
         assert!(number(&n["commits"], "commits") >= 1.0, "{n}");
