@@ -79,7 +79,7 @@ pub fn decode_frame(
 }
 
 /// The general path: every frame the fast path leaves, and every error.
-pub(crate) fn decode_frame_general(
+pub fn decode_frame_general(
     text: &str,
     limits: &Limits,
 ) -> Result<Vec<Result<Message, Invalid>>, FrameError> {
@@ -326,7 +326,7 @@ impl<'a> Fields<'a> {
             None => None,
             Some(s) => Some(s.parse::<Hlc>().map_err(|e| format!("field `hlc` {e}"))?),
         };
-        let env = Envelope {
+        let mut env = Envelope {
             message_id: self.opt_id("messageId")?,
             origin_instance_id: self.opt_id("originInstanceId")?,
             source_instance_id: self.opt_id("sourceInstanceId")?,
@@ -372,13 +372,19 @@ impl<'a> Fields<'a> {
                 }
             }
             MessageType::Ack => {
-                let ids = ack_ids(
-                    env.message_id.clone(),
-                    self.str_array("messageIds", limits.max_batch)?,
-                );
+                let listed = self.str_array("messageIds", limits.max_batch)?;
+                if !listed.iter().all(|id| valid_id(id)) {
+                    return Err(format!(
+                        "field `messageIds` must hold ids of 1 to {MAX_ID_CHARS} characters"
+                    ));
+                }
+                let ids = ack_ids(env.message_id.clone(), listed);
                 if ids.is_empty() {
                     return Err("ACK needs field `messageId` or `messageIds`".to_owned());
                 }
+                // An ACK's `messageId` is its first id (as it is encoded), also when only
+                // `messageIds` came: decoding what was encoded gives the same message.
+                env.message_id = ids.first().cloned();
                 Body::Ack { message_ids: ids }
             }
             MessageType::Nack => Body::Nack {

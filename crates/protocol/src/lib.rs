@@ -15,5 +15,14 @@ pub use message::{
     Version, DEFAULT_CLUSTER_GROUP, PROTOCOL_VERSION,
 };
 
+/// The two decoding paths on their own, for the differential fuzz target (`fuzz/`), which
+/// checks that the fast path accepts only what the general path accepts, with the same result.
+/// Everything else uses [`decode_frame`], which picks the path.
+#[doc(hidden)]
+pub mod decode_paths {
+    pub use crate::codec::decode_frame_general as general;
+    pub use crate::fast::decode_frame as fast;
+}
+
 #[cfg(test)]
 mod tests;

@@ -57,6 +57,33 @@ fn ack_with_many_ids_round_trips() {
     );
 }
 
+/// An ACK that names its ids only in `messageIds` decodes with its first id as `messageId`,
+/// as it is encoded, on both decoding paths (a field the fast path does not know sends the
+/// frame to the general one): decoding it again after encoding gives the same message.
+#[test]
+fn an_ack_with_only_message_ids_round_trips_on_both_paths() {
+    for text in [
+        r#"{"type":"ACK","messageIds":["a","b"]}"#,
+        r#"{"type":"ACK","messageIds":["a","b"],"unknownField":1}"#,
+    ] {
+        let m = one(text).unwrap();
+        assert_eq!(m.env.message_id.as_deref(), Some("a"), "{text}");
+        assert_eq!(one(&m.encode()).unwrap(), m, "{text}");
+    }
+    // The ids in `messageIds` follow the rule of `messageId`.
+    let long = "x".repeat(257);
+    for text in [
+        format!(r#"{{"type":"ACK","messageIds":["{long}","b"]}}"#),
+        r#"{"type":"ACK","messageIds":["a",""]}"#.to_owned(),
+    ] {
+        assert!(
+            reason(&text).contains("field `messageIds` must hold ids of 1 to 256 characters"),
+            "{text}: {}",
+            reason(&text)
+        );
+    }
+}
+
 #[test]
 fn decodes_sa_sw_and_gets() {
     let m = one(r#"{"type":"SA","key":"k","value":["a","b"]}"#).unwrap();
