@@ -11,6 +11,7 @@
 //!   go back to waiting, with no attempt counted, and are sent again in order on reconnect.
 //! - After `MAX_MESSAGE_REPUBLISH_ATTEMPTS` unanswered sends, the row is dead-lettered.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -51,7 +52,7 @@ pub enum DeliveryCmd {
 }
 
 struct InFlight {
-    message_id: String,
+    message_id: Arc<str>,
     /// Unanswered sends already counted in the database.
     attempts: u32,
     /// When the current send counts as unanswered; `None` while queued to be sent again.
@@ -70,7 +71,8 @@ pub struct DeliveryTask {
     inflight: BTreeMap<i64, InFlight>,
     /// In-flight rows whose wait ran out, to be sent again (before new rows).
     resend: BTreeSet<i64>,
-    by_id: HashMap<String, VecDeque<i64>>,
+    /// In-flight rows by message id, to settle them from ACKs (which name ids).
+    by_id: HashMap<Arc<str>, Seqs>,
     /// Whether the outbox may hold rows past the cursor.
     more: bool,
     /// Rows committed after the cursor, handed over by the writer: while the task has no
@@ -86,6 +88,29 @@ pub struct DeliveryTask {
     /// After the connection to the peer dropped: when to deliver its recent writes to the
     /// peers it announced it delivers to, in its place, and from when (Unix ms).
     take_over: Option<(Instant, u64)>,
+}
+
+/// The in-flight rows of one message id, in send order: almost always one (an id repeats
+/// only across cluster groups), kept without an allocation of its own.
+enum Seqs {
+    One(i64),
+    Many(VecDeque<i64>),
+}
+
+impl Seqs {
+    fn first(&self) -> i64 {
+        match self {
+            Seqs::One(s) => *s,
+            Seqs::Many(q) => *q.front().expect("emptied lists are removed"),
+        }
+    }
+
+    fn push(&mut self, seq: i64) {
+        match self {
+            Seqs::One(first) => *self = Seqs::Many(VecDeque::from([*first, seq])),
+            Seqs::Many(q) => q.push_back(seq),
+        }
+    }
 }
 
 enum Event {
@@ -277,11 +302,16 @@ impl DeliveryTask {
     fn settle(&mut self, seq: i64) {
         self.resend.remove(&seq);
         if let Some(f) = self.inflight.remove(&seq) {
-            if let Some(q) = self.by_id.get_mut(&f.message_id) {
-                q.retain(|s| *s != seq);
-                if q.is_empty() {
-                    self.by_id.remove(&f.message_id);
+            let gone = match self.by_id.get_mut(&f.message_id) {
+                Some(Seqs::One(s)) => *s == seq,
+                Some(Seqs::Many(q)) => {
+                    q.retain(|s| *s != seq);
+                    q.is_empty()
                 }
+                None => false,
+            };
+            if gone {
+                self.by_id.remove(&f.message_id);
             }
         }
     }
@@ -359,10 +389,12 @@ impl DeliveryTask {
                     skipped.push(row.seq);
                     continue;
                 }
-                self.by_id
-                    .entry(row.message_id.clone())
-                    .or_default()
-                    .push_back(row.seq);
+                match self.by_id.entry(row.message_id.clone()) {
+                    Entry::Vacant(v) => {
+                        v.insert(Seqs::One(row.seq));
+                    }
+                    Entry::Occupied(mut o) => o.get_mut().push(row.seq),
+                }
             } else {
                 self.resend.remove(&row.seq);
                 self.node.metrics.republished.inc();
@@ -411,7 +443,7 @@ impl DeliveryTask {
         let mut others = Vec::new();
         for id in ids {
             // One ACK settles one row: two messages may share an id across cluster groups.
-            if let Some(&seq) = self.by_id.get(&id).and_then(|q| q.front()) {
+            if let Some(seq) = self.by_id.get(id.as_str()).map(Seqs::first) {
                 self.settle(seq);
                 seqs.push(seq);
             } else {
@@ -571,4 +603,22 @@ impl DeliveryTask {
 pub struct DeliveryHandle {
     pub tx: mpsc::Sender<DeliveryCmd>,
     pub new_rows: Arc<Notify>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_one_message_id_are_kept_in_send_order() {
+        let mut s = Seqs::One(7);
+        assert_eq!(s.first(), 7);
+        s.push(9);
+        s.push(11);
+        assert_eq!(s.first(), 7);
+        match &s {
+            Seqs::Many(q) => assert_eq!(q.iter().copied().collect::<Vec<_>>(), [7, 9, 11]),
+            Seqs::One(_) => panic!("a second row makes a list"),
+        }
+    }
 }

@@ -117,7 +117,8 @@ pub enum Recorded {
 #[derive(Debug, Clone)]
 pub struct Outgoing {
     pub seq: i64,
-    pub message_id: String,
+    /// Shared with the delivery task's bookkeeping of what is in flight.
+    pub message_id: Arc<str>,
     pub msg_type: &'static str,
     pub path: Arc<[String]>,
     pub body: Arc<str>,
@@ -675,7 +676,7 @@ fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Outgoing, String)> {
     Ok((
         Outgoing {
             seq: r.get(0)?,
-            message_id: r.get(1)?,
+            message_id: r.get::<_, String>(1)?.into(),
             path: Arc::from([]),
             body: r.get::<_, String>(3)?.into(),
             attempts: r.get(4)?,

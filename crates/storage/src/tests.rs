@@ -164,10 +164,7 @@ async fn delivery_rows_move_through_their_states_in_order() {
     }
     let open_b = s.open_deliveries("b", 0, 100).await.unwrap();
     assert_eq!(
-        open_b
-            .iter()
-            .map(|o| o.message_id.as_str())
-            .collect::<Vec<_>>(),
+        open_b.iter().map(|o| &*o.message_id).collect::<Vec<_>>(),
         vec!["m0", "m1", "m2", "m3", "m4"]
     );
     assert!(open_b.windows(2).all(|w| w[0].seq < w[1].seq));
@@ -177,9 +174,7 @@ async fn delivery_rows_move_through_their_states_in_order() {
     s.flush().await.unwrap();
     let left = s.open_deliveries("b", 0, 100).await.unwrap();
     assert_eq!(
-        left.iter()
-            .map(|o| o.message_id.as_str())
-            .collect::<Vec<_>>(),
+        left.iter().map(|o| &*o.message_id).collect::<Vec<_>>(),
         vec!["m3", "m4"]
     );
     assert_eq!(
@@ -294,7 +289,7 @@ async fn prune_keeps_what_is_still_owed() {
     assert_eq!(pruned, 1);
     assert_eq!(s.message_count().await.unwrap(), 1);
     assert_eq!(
-        s.open_deliveries("b", 0, 10).await.unwrap()[0].message_id,
+        &*s.open_deliveries("b", 0, 10).await.unwrap()[0].message_id,
         "owed"
     );
     // The pruned message's dedup entry went with it: a copy now is new again.
@@ -489,7 +484,7 @@ async fn a_relay_request_adds_deliveries_to_a_recorded_write_once() {
     };
     assert_eq!(deliveries.len(), 1);
     assert_eq!(
-        s.open_deliveries("c", 0, 10).await.unwrap()[0].message_id,
+        &*s.open_deliveries("c", 0, 10).await.unwrap()[0].message_id,
         "m1"
     );
     // Asked again while that delivery is open: no second row.
@@ -522,7 +517,11 @@ async fn take_over_owes_an_origins_recent_untargeted_writes_once() {
         vec![("c".to_string(), 1), ("d".to_string(), 2)],
         "c already had a2; x1 is another origin's; a3 was targeted"
     );
-    let ids = |rows: Vec<Outgoing>| rows.into_iter().map(|o| o.message_id).collect::<Vec<_>>();
+    let ids = |rows: Vec<Outgoing>| {
+        rows.into_iter()
+            .map(|o| o.message_id.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(
         ids(s.open_deliveries("c", 0, 10).await.unwrap()),
         ["a2", "a1"]

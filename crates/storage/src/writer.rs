@@ -259,12 +259,13 @@ fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Ou
                 continue;
             }
             let path: Arc<[String]> = rec.path.as_slice().into();
+            let message_id: Arc<str> = rec.message_id.as_str().into();
             for (peer, seq) in deliveries {
                 rows.push((
                     peer.clone(),
                     Outgoing {
                         seq: *seq,
-                        message_id: rec.message_id.clone(),
+                        message_id: message_id.clone(),
                         msg_type: rec.msg_type,
                         path: path.clone(),
                         body: rec.body.clone(),
