@@ -117,7 +117,7 @@ impl Writer {
             }
             if timer.is_some()
                 && !self.defer_marks.is_zero()
-                && only_marks(&batch)
+                && deferrable(&batch)
                 && deferred.len() < self.max_batch
             {
                 if deferred.is_empty() {
@@ -224,14 +224,22 @@ impl Writer {
     }
 }
 
-/// How long delivery marks (acknowledged, sent, an attempt counted) may wait for the next
-/// commit. A batch of nothing but marks is held back this long, or until other operations or
-/// `max_batch` more marks arrive, and then commits together with them: at a steady trickle of
-/// writes an origin otherwise commits twice per write, once for the write and once for its
-/// peers' ACKs, and each commit costs a WAL write of every page it touched (and, on a virtual
-/// machine, exits to the hypervisor). A mark lost in a crash only means its row is sent again,
-/// so holding marks back risks nothing that was acknowledged.
+/// How long delivery marks (acknowledged, sent) may wait for the next commit. A batch of
+/// nothing but such marks is held back this long, or until other operations or `max_batch`
+/// more marks arrive, and then commits together with them: at a steady trickle of writes an
+/// origin otherwise commits twice per write, once for the write and once for its peers' ACKs,
+/// and each commit costs a WAL write of every page it touched (and, on a virtual machine,
+/// exits to the hypervisor). A mark lost in a crash only means its row is sent again, so
+/// holding marks back risks nothing that was acknowledged.
 pub const DEFER_MARKS: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Whether a batch may be held back ([`DEFER_MARKS`]): marks that nobody waits for. A counted
+/// attempt is waited for by its delivery task, so it commits at once (unsynced, see
+/// [`only_marks`]).
+fn deferrable(ops: &[WriterOp]) -> bool {
+    ops.iter()
+        .all(|op| matches!(op, WriterOp::MarkAcked(..) | WriterOp::MarkSent(..)))
+}
 
 /// Whether a batch holds nothing but delivery marks (acknowledged, sent, an attempt counted).
 /// Such a batch commits without an fsync: losing it in a crash only means those rows go again,
@@ -674,6 +682,19 @@ mod tests {
             WriterOp::Flush(reply()),
         ]);
         assert_eq!(level(&w), 2, "FULL again for anything else");
+    }
+
+    #[test]
+    fn only_marks_nobody_waits_for_are_held_back() {
+        assert!(deferrable(&[
+            WriterOp::MarkAcked(vec![1], None, reply()),
+            WriterOp::MarkSent(vec![2], reply()),
+        ]));
+        assert!(!deferrable(&[
+            WriterOp::MarkAcked(vec![1], None, reply()),
+            WriterOp::CountAttempt(vec![3], reply()),
+        ]));
+        assert!(!deferrable(&[WriterOp::Flush(reply())]));
     }
 
     #[test]
