@@ -29,9 +29,10 @@ pub struct BenchArgs {
     #[arg(long)]
     target: Vec<String>,
     /// The HTTP address (host:port) of each --target, in the same order. With it the report
-    /// gives each node's CPU, RSS and commits (from its /metrics), the traffic between nodes,
-    /// and the warm-up waits until every node holds its writes. A running node's peak RSS is
-    /// its peak since it started, which may predate the run.
+    /// gives each node's CPU and peak RSS (from its /status), its commits and the traffic
+    /// between nodes (from its /metrics), and the warm-up waits until every node holds its
+    /// writes. A running node's peak RSS is its peak since it started, which may predate the
+    /// run.
     #[arg(long, value_name = "HOST:PORT")]
     target_http: Vec<String>,
     /// Writes to send.
@@ -193,11 +194,26 @@ async fn metric_sum(http: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// One node's line of the report. Commits come from its metrics: group commit at work, how
-/// many storage operations shared each commit (and fsync).
-async fn node_report(i: usize, http: &str, cpu: f64, rss: f64, applied: Option<&usize>) -> Value {
-    let ops = metric_sum(http, "slipstream_commit_batch_size_sum").await;
-    let commits = metric_sum(http, "slipstream_commit_batch_size_count").await;
+/// A node's commits so far and the storage operations they carried, from its metrics.
+async fn commit_totals(http: &str) -> (f64, f64) {
+    (
+        metric_sum(http, "slipstream_commit_batch_size_count").await,
+        metric_sum(http, "slipstream_commit_batch_size_sum").await,
+    )
+}
+
+/// One node's line of the report. Commits (since `before`, from its metrics) show group
+/// commit at work: how many storage operations shared each commit (and fsync).
+async fn node_report(
+    i: usize,
+    http: &str,
+    before: Option<&(f64, f64)>,
+    cpu: f64,
+    rss: f64,
+    applied: Option<&usize>,
+) -> Value {
+    let (commits, ops) = commit_totals(http).await;
+    let (commits, ops) = before.map_or((commits, ops), |b| (commits - b.0, ops - b.1));
     json!({
         "node": i + 1,
         "cpuSeconds": cpu,
@@ -483,6 +499,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     // Traffic and CPU from here on. The client's own CPU (its threads only): it shares the
     // machine with the nodes.
     let sent_before = sent_totals(&https).await;
+    let mut commits_before: HashMap<String, (f64, f64)> = HashMap::new();
+    for h in https.iter().flatten() {
+        commits_before.insert(h.clone(), commit_totals(h).await);
+    }
     let client_before = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0);
     let before_cpu: HashMap<u32, f64> = local
         .iter()
@@ -664,12 +684,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     for (i, h) in target_https.iter().enumerate() {
         let (cpu, rss) = status_usage(h).await;
         let cpu = cpu - target_cpu_before[i];
-        nodes.push(node_report(i, h, cpu, rss, seen_per_node.get(i)).await);
+        let before = commits_before.get(h);
+        nodes.push(node_report(i, h, before, cpu, rss, seen_per_node.get(i)).await);
     }
     for (i, l) in local.iter().enumerate() {
         let (cpu, rss) = proc_usage(l.child.id()).unwrap_or((f64::NAN, f64::NAN));
         let cpu = cpu - before_cpu.get(&l.child.id()).copied().unwrap_or(0.0);
-        nodes.push(node_report(i, &l.http, cpu, rss, seen_per_node.get(i)).await);
+        let before = commits_before.get(&l.http);
+        nodes.push(node_report(i, &l.http, before, cpu, rss, seen_per_node.get(i)).await);
     }
     for (i, l) in per_node.iter().enumerate() {
         let figures = json!({"p50": percentile(l, 0.50), "p99": percentile(l, 0.99)});
@@ -746,16 +768,24 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             report["bytesPerWrite"].as_f64().unwrap_or(0.0)
         );
         for node in &nodes {
-            println!(
-                "node {}: applied p50 {:.2} ms p99 {:.2} ms; cpu {:.2} s, peak RSS {:.1} MiB, {} commits of {:.1} operations",
-                node["node"],
-                node["appliedLatencyMs"]["p50"].as_f64().unwrap_or(f64::NAN),
-                node["appliedLatencyMs"]["p99"].as_f64().unwrap_or(f64::NAN),
-                node["cpuSeconds"].as_f64().unwrap_or(f64::NAN),
-                node["peakRssMiB"].as_f64().unwrap_or(f64::NAN),
-                node["commits"],
-                node["opsPerCommit"].as_f64().unwrap_or(0.0)
-            );
+            let mut line = format!("node {}:", node["node"]);
+            let l = &node["appliedLatencyMs"];
+            if let (Some(p50), Some(p99)) = (l["p50"].as_f64(), l["p99"].as_f64()) {
+                line += &format!(" applied p50 {p50:.2} ms p99 {p99:.2} ms;");
+            }
+            match (node["cpuSeconds"].as_f64(), node["peakRssMiB"].as_f64()) {
+                (Some(cpu), Some(rss)) => {
+                    line += &format!(" cpu {cpu:.2} s, peak RSS {rss:.1} MiB,");
+                }
+                _ => line += " cpu and memory not known (running node without --target-http);",
+            }
+            if let Some(commits) = node["commits"].as_f64() {
+                line += &format!(
+                    " {commits} commits of {:.1} operations",
+                    node["opsPerCommit"].as_f64().unwrap_or(0.0)
+                );
+            }
+            println!("{}", line.trim_end_matches([',', ';']));
         }
         println!("bench client: cpu {client_cpu:.2} s");
         println!(
