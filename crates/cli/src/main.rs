@@ -110,6 +110,11 @@ struct RunArgs {
     /// Testing aid: delay each frame to a peer by a random 0..N milliseconds. Default: 0
     #[arg(long, env = "SLIPSTREAM_DELIVERY_JITTER_MS")]
     delivery_jitter_ms: Option<String>,
+    /// How long (ms) a new write's delivery rows may stay in memory, waiting for their ACKs,
+    /// before they are written to the outbox; rows a crash loses are written again from the
+    /// journal. 0 writes them in the write's own commit. Default: 1000
+    #[arg(long, env = "SLIPSTREAM_HOLD_DELIVERY_MS")]
+    hold_delivery_ms: Option<String>,
     /// How writes spread: `direct` (the origin sends each write to every peer itself, others
     /// forward only what it asks them to because its own link is down: N-1 sends per write) or
     /// `flood` (every node forwards every new write to every peer not on its path: O(N^2)
@@ -194,6 +199,7 @@ impl RunArgs {
             cmd_allow: self.cmd_allow,
             request_timeout_seconds: self.request_timeout_seconds,
             delivery_jitter_ms: self.delivery_jitter_ms,
+            hold_delivery_ms: self.hold_delivery_ms,
             forwarding: self.forwarding,
             redis_dedup: self.redis_dedup,
             max_batch: self.max_batch,

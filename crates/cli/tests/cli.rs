@@ -31,6 +31,7 @@ fn a_bad_setting_stops_start_up_with_one_line_naming_it_and_exit_code_2() {
         ("ENABLE_DEBUG_LOGS", "perhaps"),
         ("SLIPSTREAM_LISTEN", "not-an-address"),
         ("SLIPSTREAM_MAX_CONNECTIONS", "0"),
+        ("SLIPSTREAM_HOLD_DELIVERY_MS", "a second"),
     ] {
         let (code, stderr) = run_with(&[(var, value)]);
         assert_eq!(code, Some(2), "{var}={value}: {stderr}");

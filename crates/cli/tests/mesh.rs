@@ -105,6 +105,28 @@ async fn a_node_killed_mid_stream_catches_up_after_restart() {
     assert_eq!(dlq["deadLetters"], json!([]));
 }
 
+/// An origin killed while it holds the delivery rows of acknowledged writes in memory (its
+/// peer is down, and rows are held for ten minutes here) writes them again from its journal
+/// when it starts, and the peer gets every write once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_killed_with_delivery_rows_in_memory_still_delivers_every_write() {
+    let mut a = start(NodeOptions::default().env("SLIPSTREAM_HOLD_DELIVERY_MS", "600000"));
+    let mut b = start(NodeOptions::dialing(&[&a]));
+    a.wait_connected(1).await;
+    b.kill();
+    a.wait_disconnected_from(&b.id).await;
+    let all = writes("held", 0..50);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    assert_eq!(a.status().await.unwrap()["outboxDepth"], 50);
+    a.kill();
+    a.restart().unwrap();
+    a.wait_for_log("written again from the journal").await;
+    b.restart().unwrap();
+    b.wait_has_all(&all).await;
+    a.wait_drained().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_down_longer_than_the_republish_window_gets_everything_and_nothing_dies() {
     let a = start(NodeOptions::default());

@@ -86,6 +86,7 @@ pub struct RawConfig {
     pub cmd_allow: Option<String>,
     pub request_timeout_seconds: Option<String>,
     pub delivery_jitter_ms: Option<String>,
+    pub hold_delivery_ms: Option<String>,
     pub forwarding: Option<String>,
     pub redis_dedup: Option<String>,
     pub max_batch: Option<String>,
@@ -140,6 +141,9 @@ pub struct Config {
     pub request_timeout: Duration,
     /// Testing aid: each frame to a peer waits a random 0..this before it is sent.
     pub delivery_jitter: Duration,
+    /// How long a new write's delivery rows may be held in memory before they are written to
+    /// the outbox (zero: written in the write's own commit).
+    pub hold_delivery: Duration,
     /// Share dedup through Redis with the other nodes of the cluster group using it.
     pub redis_dedup: bool,
     /// `SLIPSTREAM_FORWARDING`: `direct` (the origin delivers to every peer it knows itself,
@@ -192,6 +196,7 @@ impl Config {
             cmd_allow: vec!["DEL".into(), "EXPIRE".into(), "PING".into()],
             request_timeout: Duration::from_secs(5),
             delivery_jitter: Duration::ZERO,
+            hold_delivery: slipstream_storage::HOLD_FOR,
             redis_dedup: false,
             forwarding: Forwarding::Direct,
         }
@@ -431,6 +436,11 @@ impl Config {
                 &raw.delivery_jitter_ms,
                 "SLIPSTREAM_DELIVERY_JITTER_MS",
                 0,
+            )?),
+            hold_delivery: Duration::from_millis(parse_num(
+                &raw.hold_delivery_ms,
+                "SLIPSTREAM_HOLD_DELIVERY_MS",
+                slipstream_storage::HOLD_FOR.as_millis() as u64,
             )?),
             forwarding: match non_empty(&raw.forwarding).map(|s| s.to_ascii_lowercase()) {
                 None => Forwarding::Direct,

@@ -61,6 +61,7 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
                 hand_live_rows(&node, rows);
             }
         })),
+        hold_for: cfg.hold_delivery,
         ..StorageOptions::default()
     };
     let storage = Storage::open(&cfg.storage_path, cfg.instance_id.as_deref(), opts)?;

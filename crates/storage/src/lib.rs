@@ -7,6 +7,7 @@
 //! disk, which is when the node may send its ACK. Reads use a separate connection off the async
 //! threads, so they never wait behind a commit.
 
+mod held;
 mod schema;
 mod writer;
 
@@ -18,6 +19,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
+pub use held::{PeerHeld, HOLD_FOR, MAX_HELD};
 pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
 
@@ -195,6 +197,9 @@ pub struct StorageOptions {
     /// How long delivery marks alone may wait to commit with the next write
     /// ([`DEFER_MARKS`]); zero commits them at once.
     pub defer_marks: std::time::Duration,
+    /// How long a delivery row may be held in memory before it is written to the outbox
+    /// ([`HOLD_FOR`]).
+    pub hold_for: std::time::Duration,
 }
 
 impl Default for StorageOptions {
@@ -205,6 +210,7 @@ impl Default for StorageOptions {
             max_batch: 1024,
             queue: 16 * 1024,
             defer_marks: DEFER_MARKS,
+            hold_for: HOLD_FOR,
         }
     }
 }
@@ -213,6 +219,8 @@ impl Default for StorageOptions {
 #[derive(Clone)]
 pub struct Storage {
     tx: mpsc::Sender<WriterOp>,
+    /// Delivery rows the writer holds in memory, per peer (see `held.rs`).
+    held: held::HeldCounts,
     reader: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     instance_id: Arc<str>,
@@ -243,6 +251,16 @@ impl Storage {
         }
         let conn = open_conn(&file)?;
         conn.execute_batch(schema::SCHEMA)?;
+        for (table, column, ty) in schema::ADDED_COLUMNS {
+            let present: i64 = conn.query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                params![column],
+                |r| r.get(0),
+            )?;
+            if present == 0 {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+            }
+        }
         let stored: Option<String> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'instance_id'",
@@ -260,6 +278,9 @@ impl Storage {
              ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             params![id],
         )?;
+        let held_counts = held::HeldCounts::default();
+        let mut held = held::Held::open(&conn, held_counts.clone())?;
+        held.hold_for = opts.hold_for;
         let reader = open_conn(&file)?;
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let stats = Arc::new(WriterStats::default());
@@ -270,6 +291,7 @@ impl Storage {
             stats.clone(),
             opts.on_commit.clone(),
             opts.on_deliveries.clone(),
+            held,
         );
         writer.defer_marks = opts.defer_marks;
         let handle = std::thread::Builder::new()
@@ -281,6 +303,7 @@ impl Storage {
             })?;
         Ok(Storage {
             tx,
+            held: held_counts,
             reader: Arc::new(Mutex::new(reader)),
             path: Arc::new(file),
             instance_id: id.into(),
@@ -455,6 +478,23 @@ impl Storage {
         .map_err(|_| StorageError::Closed)?
     }
 
+    /// Has the writer put the delivery rows it holds in memory (all, or one peer's) into the
+    /// outbox, so that a read finds them.
+    async fn write_held(&self, peer: Option<&str>) -> Result<()> {
+        let any = {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            match peer {
+                Some(p) => held.get(p).is_some_and(|c| c.held > 0),
+                None => held.values().any(|c| c.held > 0),
+            }
+        };
+        if any {
+            let peer = peer.map(str::to_owned);
+            self.call(|r| WriterOp::WriteHeld(peer, r)).await?;
+        }
+        Ok(())
+    }
+
     /// Open rows for a peer after `after_seq`, in send order.
     pub async fn open_deliveries(
         &self,
@@ -462,6 +502,7 @@ impl Storage {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<Outgoing>> {
+        self.write_held(Some(peer)).await?;
         let peer = peer.to_owned();
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
@@ -475,6 +516,7 @@ impl Storage {
 
     /// These rows, those still open, in seq order (for sending them again).
     pub async fn open_deliveries_by_seq(&self, seqs: Vec<i64>) -> Result<Vec<Outgoing>> {
+        self.write_held(None).await?;
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "{OUTGOING} WHERE d.seq = ?1 AND d.state IN ('pending', 'sent')"
@@ -593,7 +635,7 @@ impl Storage {
     /// this stays cheap for metrics scrapes however many rows are retained; counting the
     /// acknowledged rows (`with_acked`) scans the outbox and is for `/status` only.
     pub async fn peer_counts(&self, with_acked: bool) -> Result<Vec<(String, PeerCounts)>> {
-        self.read(move |c| {
+        let mut out = self.read(move |c| {
             let mut out: std::collections::BTreeMap<String, PeerCounts> = Default::default();
             let mut count = |sql: &str, set: fn(&mut PeerCounts, &str, u64)| -> Result<()> {
                 let mut st = c.prepare_cached(sql)?;
@@ -629,9 +671,21 @@ impl Storage {
                     |c, _, n| c.acked = n,
                 )?;
             }
-            Ok(out.into_iter().collect())
+            Ok(out)
         })
-        .await
+        .await?;
+        // Rows held in memory are open too; rows acknowledged while held were never written.
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (peer, h) in held {
+            if h.held > 0 || (with_acked && h.acked > 0) {
+                let c = out.entry(peer).or_default();
+                c.pending += h.held;
+                if with_acked {
+                    c.acked += h.acked;
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
     }
 
     /// The greatest HLC stamp in the journal, so a restarted node's clock starts past it.

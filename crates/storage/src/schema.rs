@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS messages (
     path          TEXT NOT NULL,
     body          TEXT NOT NULL,
     received_at   INTEGER NOT NULL,
+    -- The peers a write recorded here owes a delivery to (JSON array), so delivery rows held
+    -- in memory can be written again after a crash (see held.rs); NULL when none.
+    recipients    TEXT,
     UNIQUE (message_id, cluster_group)
 );
 CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
@@ -81,3 +84,6 @@ CREATE TABLE IF NOT EXISTS apply_queue (
     msg INTEGER NOT NULL
 );
 ";
+
+/// Columns added after the first release, for databases created before them.
+pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("messages", "recipients", "TEXT")];

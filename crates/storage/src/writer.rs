@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::held::{Held, Plan};
 use crate::{
     now_ms, Apply, CommitObserver, DeliveryObserver, Outgoing, PeerRow, Record, Recorded, Result,
     StorageError, WriterStats,
@@ -31,6 +32,8 @@ pub(crate) enum WriterOp {
     TakeOver(String, u64, Vec<String>, Reply<Vec<(String, i64)>>),
     Prune(u64, Reply<u64>),
     Applied(Vec<i64>, Reply<()>),
+    /// Writes held delivery rows to the outbox (one peer's, or all), so a read finds them.
+    WriteHeld(Option<String>, Reply<()>),
     /// Answered after the commit of everything queued before it.
     Flush(Reply<()>),
     Stop(Reply<()>),
@@ -47,6 +50,10 @@ pub(crate) struct Writer {
     synced: bool,
     /// How long a batch of marks alone may wait for the next commit ([`DEFER_MARKS`]).
     pub(crate) defer_marks: std::time::Duration,
+    /// Delivery rows held in memory (see `held.rs`).
+    held: Held,
+    /// Whether rows are held at all: only with a timer to write them out when due.
+    hold: bool,
 }
 
 impl Writer {
@@ -57,6 +64,7 @@ impl Writer {
         stats: Arc<WriterStats>,
         on_commit: Option<CommitObserver>,
         on_deliveries: Option<DeliveryObserver>,
+        held: Held,
     ) -> Self {
         Writer {
             conn,
@@ -67,6 +75,8 @@ impl Writer {
             on_deliveries,
             synced: true,
             defer_marks: DEFER_MARKS,
+            held,
+            hold: true,
         }
     }
 
@@ -77,20 +87,30 @@ impl Writer {
             .enable_time()
             .build()
             .ok();
+        // Without a timer, held rows could not be written out when due: none are held.
+        self.hold = timer.is_some() && !self.held.hold_for.is_zero();
         let mut batch = Vec::with_capacity(self.max_batch);
         // Marks held back for the next commit (see `DEFER_MARKS`), in arrival order.
         let mut deferred: Vec<WriterOp> = Vec::new();
         let mut deferred_since = std::time::Instant::now();
         loop {
-            let next = match (&timer, deferred.is_empty()) {
-                (Some(rt), false) => {
-                    let left = self.defer_marks.saturating_sub(deferred_since.elapsed());
+            // The next moment something is due without any new operation: held-back marks,
+            // or the oldest held delivery row.
+            let marks_due = (!deferred.is_empty()).then(|| deferred_since + self.defer_marks);
+            let due = match (marks_due, self.held.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let next = match (&timer, due) {
+                (Some(rt), Some(due)) => {
+                    let left = due.saturating_duration_since(std::time::Instant::now());
                     let rx = &mut self.rx;
                     // The timer must be made inside the runtime, hence the async block.
                     match rt.block_on(async { tokio::time::timeout(left, rx.recv()).await }) {
                         Ok(op) => op,
                         Err(_) => {
-                            // Nothing else came in time: the marks commit on their own.
+                            // Nothing came in time: what is due commits on its own (marks
+                            // held back, rows held too long).
                             batch.append(&mut deferred);
                             if self.commit_batch(&mut batch) {
                                 break;
@@ -102,10 +122,11 @@ impl Writer {
                 _ => self.rx.blocking_recv(),
             };
             let Some(first) = next else {
-                // Every sender is gone: commit what is held back, then stop.
-                if !deferred.is_empty() {
-                    self.commit_batch(&mut deferred);
-                }
+                // Every sender is gone: commit what is held back and write every held row,
+                // then stop.
+                let (reply, _) = oneshot::channel();
+                deferred.push(WriterOp::WriteHeld(None, reply));
+                self.commit_batch(&mut deferred);
                 break;
             };
             batch.push(first);
@@ -143,39 +164,52 @@ impl Writer {
         let stop = ops.iter().any(|op| matches!(op, WriterOp::Stop(_)));
         let now = now_ms() as i64;
         skip_sent_marks_of_acked_rows(&mut ops);
+        let plan = self.plan(&ops);
+        if ops.is_empty() && plan.is_empty() {
+            return stop;
+        }
         // A batch of delivery marks only needs no fsync of its own (see `only_marks`). Any
         // other batch commits only once syncing is back on.
         let marks_only = only_marks(&ops);
+        let synced = self.set_synced(!marks_only);
+        // A batch that inserts rows through the table's own sequence holds none: its writes'
+        // rows are inserted the same way.
+        let hold = self.hold && !plan.sync_sequence;
         // Fast path: no savepoints. Any error rolls the whole transaction back.
-        let fast = self.set_synced(!marks_only).and_then(|()| {
+        let fast = synced.and_then(|()| {
             let tx = self.conn.transaction()?;
-            let mut results = Vec::with_capacity(ops.len());
-            for op in &ops {
-                results.push(Ok(execute(&tx, op, now)?));
-            }
+            let out = run_batch(&tx, &ops, &plan, &mut self.held, hold, now, false)?;
             tx.commit()?;
-            Ok(results)
+            Ok(out)
         });
         // Slow path: a savepoint per operation isolates the failing one.
-        let outcome: Result<Vec<Result<Done>>> = fast.or_else(|e| {
+        let outcome = fast.or_else(|e| {
             if !self.synced && !marks_only {
                 return Err(e);
             }
-            let mut tx = self.conn.transaction()?;
-            let mut results = Vec::with_capacity(ops.len());
-            for op in &ops {
-                let sp = tx.savepoint()?;
-                let r = execute(&sp, op, now);
-                if r.is_ok() {
-                    sp.commit()?;
-                }
-                results.push(r);
-            }
+            let tx = self.conn.transaction()?;
+            let out = run_batch(&tx, &ops, &plan, &mut self.held, hold, now, true)?;
             tx.commit()?;
-            Ok(results)
+            Ok(out)
         });
         match outcome {
-            Ok(results) => {
+            Ok((results, watermark)) => {
+                let new_rows: Vec<(i64, i64, &str)> = if hold {
+                    results
+                        .iter()
+                        .filter_map(|r| match r {
+                            Ok(Done::Recorded(Recorded::New { deliveries, .. }, msg)) => {
+                                Some(deliveries.iter().map(|(p, s)| (*s, *msg, p.as_str())))
+                            }
+                            _ => None,
+                        })
+                        .flatten()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                self.held.committed(&plan, &new_rows, watermark);
+                drop(new_rows);
                 self.stats.commits.fetch_add(1, Ordering::Relaxed);
                 self.stats
                     .ops
@@ -206,6 +240,54 @@ impl Writer {
         stop
     }
 
+    /// What a batch does to the held delivery rows (see `held.rs`): which to write first,
+    /// which it acknowledges, and whether it uses the table's own sequence.
+    fn plan(&self, ops: &[WriterOp]) -> Plan {
+        let mut plan = Plan::default();
+        if self.held.is_empty() {
+            plan.sync_sequence = ops.iter().any(uses_table_sequence);
+            return plan;
+        }
+        let all = !self.hold
+            || ops.iter().any(|op| {
+                uses_table_sequence(op)
+                    || matches!(
+                        op,
+                        WriterOp::PeerMet(..)
+                            | WriterOp::Prune(..)
+                            | WriterOp::ReplayDead(..)
+                            | WriterOp::PurgeDead(..)
+                            | WriterOp::Stop(..)
+                            | WriterOp::WriteHeld(None, _)
+                    )
+            });
+        let mut write: std::collections::BTreeSet<i64> = if all {
+            self.held.seqs(None).collect()
+        } else {
+            self.held.due(std::time::Instant::now()).collect()
+        };
+        for op in ops {
+            match op {
+                WriterOp::WriteHeld(Some(peer), _) => write.extend(self.held.seqs(Some(peer))),
+                WriterOp::MarkSent(seqs, _)
+                | WriterOp::CountAttempt(seqs, _)
+                | WriterOp::MarkDead(seqs, _, _) => {
+                    write.extend(seqs.iter().copied().filter(|s| self.held.contains(*s)));
+                }
+                WriterOp::MarkAcked(seqs, _, _) => plan.acked.extend(
+                    seqs.iter()
+                        .copied()
+                        .filter(|s| self.held.contains(*s) && !write.contains(s)),
+                ),
+                _ => {}
+            }
+        }
+        plan.acked.retain(|s| !write.contains(s));
+        plan.write = write.into_iter().collect();
+        plan.sync_sequence = ops.iter().any(uses_table_sequence);
+        plan
+    }
+
     /// Unsynced commits also run no automatic checkpoint: a checkpoint under
     /// `synchronous = OFF` would copy frames into the database file without syncing it, and the
     /// WAL could then be rewound over frames the file does not durably hold. Checkpoints stay
@@ -221,6 +303,73 @@ impl Writer {
         })?;
         self.synced = synced;
         Ok(())
+    }
+}
+
+/// Runs a batch's operations inside its transaction: held rows that must be in the outbox
+/// first, then each operation (each in a savepoint when `isolate`), then the watermark. New
+/// writes' delivery rows get seqs from the held rows' sequence when `hold`.
+fn run_batch(
+    tx: &Connection,
+    ops: &[WriterOp],
+    plan: &Plan,
+    held: &mut Held,
+    hold: bool,
+    now: i64,
+    isolate: bool,
+) -> Result<(Vec<Result<Done>>, i64)> {
+    if plan.sync_sequence {
+        held.sync_sequence(tx)?;
+    }
+    held.write(tx, &plan.write, now)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        if !isolate {
+            results.push(Ok(execute(
+                tx,
+                op,
+                now,
+                hold.then_some(&mut held.next_seq),
+            )?));
+            continue;
+        }
+        tx.execute_batch("SAVEPOINT op")?;
+        let r = execute(tx, op, now, hold.then_some(&mut held.next_seq));
+        tx.execute_batch(if r.is_ok() {
+            "RELEASE op"
+        } else {
+            "ROLLBACK TO op; RELEASE op"
+        })?;
+        results.push(r);
+    }
+    if plan.sync_sequence {
+        held.follow_sequence(tx)?;
+    }
+    let new_msgs: Vec<i64> = results
+        .iter()
+        .filter_map(|r| match r {
+            Ok(Done::Recorded(Recorded::New { deliveries, .. }, msg))
+                if hold && !deliveries.is_empty() =>
+            {
+                Some(*msg)
+            }
+            _ => None,
+        })
+        .collect();
+    let last_msg: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+        r.get(0)
+    })?;
+    let watermark = held.watermark_after(plan, &new_msgs, last_msg);
+    held.store_watermark(tx, watermark)?;
+    Ok((results, watermark))
+}
+
+/// Operations that insert delivery rows through the table's own sequence.
+fn uses_table_sequence(op: &WriterOp) -> bool {
+    match op {
+        WriterOp::TakeOver(..) => true,
+        WriterOp::Record(rec, _) => !rec.relay_to.is_empty(),
+        _ => false,
     }
 }
 
@@ -251,7 +400,10 @@ fn only_marks(ops: &[WriterOp]) -> bool {
     ops.iter().all(|op| {
         matches!(
             op,
-            WriterOp::MarkAcked(..) | WriterOp::MarkSent(..) | WriterOp::CountAttempt(..)
+            WriterOp::MarkAcked(..)
+                | WriterOp::MarkSent(..)
+                | WriterOp::CountAttempt(..)
+                | WriterOp::WriteHeld(..)
         )
     })
 }
@@ -260,7 +412,7 @@ fn only_marks(ops: &[WriterOp]) -> bool {
 fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Outgoing)> {
     let mut rows = Vec::new();
     for (op, result) in ops.iter().zip(results) {
-        if let (WriterOp::Record(rec, _), Ok(Done::Recorded(Recorded::New { deliveries, .. }))) =
+        if let (WriterOp::Record(rec, _), Ok(Done::Recorded(Recorded::New { deliveries, .. }, _))) =
             (op, result)
         {
             if deliveries.is_empty() {
@@ -310,7 +462,8 @@ fn skip_sent_marks_of_acked_rows(ops: &mut [WriterOp]) {
 
 /// What an operation produced, sent to its caller after the commit.
 enum Done {
-    Recorded(Recorded),
+    /// The outcome, and the journal row of the message.
+    Recorded(Recorded, i64),
     Unit,
     Count(u64),
     Peers(Vec<(String, u64)>),
@@ -327,7 +480,7 @@ fn reply(op: WriterOp, result: Result<Done>) {
     }
     match op {
         WriterOp::Record(_, r) => send(r, result, |d| match d {
-            Done::Recorded(x) => Some(x),
+            Done::Recorded(x, _) => Some(x),
             _ => None,
         }),
         WriterOp::MarkSent(_, r)
@@ -335,6 +488,7 @@ fn reply(op: WriterOp, result: Result<Done>) {
         | WriterOp::CountAttempt(_, r)
         | WriterOp::MarkDead(_, _, r)
         | WriterOp::Applied(_, r)
+        | WriterOp::WriteHeld(_, r)
         | WriterOp::Flush(r)
         | WriterOp::Stop(r) => send(r, result, |d| matches!(d, Done::Unit).then_some(())),
         WriterOp::TakeOver(_, _, _, r) => send(r, result, |d| match d {
@@ -355,9 +509,12 @@ fn reply(op: WriterOp, result: Result<Done>) {
 }
 
 /// Runs one operation inside the batch's transaction.
-fn execute(c: &Connection, op: &WriterOp, now: i64) -> Result<Done> {
+fn execute(c: &Connection, op: &WriterOp, now: i64, hold: Option<&mut i64>) -> Result<Done> {
     Ok(match op {
-        WriterOp::Record(rec, _) => Done::Recorded(record(c, rec, now)?),
+        WriterOp::Record(rec, _) => {
+            let (recorded, msg) = record(c, rec, now, hold)?;
+            Done::Recorded(recorded, msg)
+        }
         WriterOp::MarkSent(seqs, _) => {
             update_each(
                 c,
@@ -433,7 +590,7 @@ fn execute(c: &Connection, op: &WriterOp, now: i64) -> Result<Done> {
             }
             Done::Unit
         }
-        WriterOp::Flush(_) | WriterOp::Stop(_) => Done::Unit,
+        WriterOp::Flush(_) | WriterOp::Stop(_) | WriterOp::WriteHeld(..) => Done::Unit,
     })
 }
 
@@ -469,13 +626,22 @@ fn update_each(
     Ok(())
 }
 
-fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
+/// Records a write; returns what happened and the message's journal row (0 when it was
+/// there already). With `hold` (the next seq), its delivery rows are held, not written.
+fn record(
+    c: &Connection,
+    rec: &Record,
+    now: i64,
+    hold: Option<&mut i64>,
+) -> Result<(Recorded, i64)> {
     let path = serde_json::to_string(&rec.path).expect("strings serialize");
+    let recipients = (!rec.recipients.is_empty())
+        .then(|| serde_json::to_string(&rec.recipients).expect("strings serialize"));
     let hlc = rec.hlc.to_string();
     let inserted = c
         .prepare_cached(
-            "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at, recipients)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT (message_id, cluster_group) DO NOTHING",
         )?
         .execute(params![
@@ -486,10 +652,11 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
             hlc,
             path,
             &*rec.body,
-            now
+            now,
+            recipients
         ])?;
     if inserted == 0 {
-        return relay(c, rec, now);
+        return Ok((relay(c, rec, now)?, 0));
     }
     let msg = c.last_insert_rowid();
     let changed = match &rec.apply {
@@ -502,17 +669,30 @@ fn record(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
         Some(apply) => apply_embedded(c, apply, rec, &hlc, now)?,
     };
     let mut deliveries = Vec::with_capacity(rec.recipients.len());
-    let mut st = c.prepare_cached(
-        "INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (?1, ?2, 'pending', 0, ?3)",
-    )?;
-    for peer in &rec.recipients {
-        st.execute(params![msg, peer, now])?;
-        deliveries.push((peer.clone(), c.last_insert_rowid()));
+    match hold {
+        Some(next_seq) => {
+            for peer in &rec.recipients {
+                deliveries.push((peer.clone(), *next_seq));
+                *next_seq += 1;
+            }
+        }
+        None => {
+            let mut st = c.prepare_cached(
+                "INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (?1, ?2, 'pending', 0, ?3)",
+            )?;
+            for peer in &rec.recipients {
+                st.execute(params![msg, peer, now])?;
+                deliveries.push((peer.clone(), c.last_insert_rowid()));
+            }
+        }
     }
-    Ok(Recorded::New {
-        changed,
-        deliveries,
-    })
+    Ok((
+        Recorded::New {
+            changed,
+            deliveries,
+        },
+        msg,
+    ))
 }
 
 /// Adds deliveries to `peers` of the untargeted writes that came from `origin` since
@@ -668,7 +848,8 @@ mod tests {
         conn.execute_batch(crate::schema::PRAGMAS).unwrap();
         conn.execute_batch(crate::schema::SCHEMA).unwrap();
         let (_tx, rx) = mpsc::channel(1);
-        let mut w = Writer::new(conn, rx, 16, Arc::default(), None, None);
+        let held = Held::open(&conn, Default::default()).unwrap();
+        let mut w = Writer::new(conn, rx, 16, Arc::default(), None, None, held);
         let level = |w: &Writer| -> i64 {
             w.conn
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
