@@ -13,6 +13,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use slipstream_storage::{now_ms, Outgoing};
@@ -64,6 +65,8 @@ pub struct DeliveryTask {
     peer: String,
     rx: mpsc::Receiver<DeliveryCmd>,
     new_rows: Arc<Notify>,
+    /// Live rows were dropped on their way here (see `on_live`).
+    missed: Arc<AtomicBool>,
     active: Option<ConnHandle>,
     standby: Vec<ConnHandle>,
     /// Highest seq read from the outbox in this attachment.
@@ -129,12 +132,14 @@ impl DeliveryTask {
         peer: String,
         rx: mpsc::Receiver<DeliveryCmd>,
         new_rows: Arc<Notify>,
+        missed: Arc<AtomicBool>,
     ) -> Self {
         DeliveryTask {
             node,
             peer,
             rx,
             new_rows,
+            missed,
             active: None,
             standby: Vec::new(),
             cursor: 0,
@@ -269,6 +274,7 @@ impl DeliveryTask {
     /// The outbox may hold rows past the cursor: read them from there, in order. Rows handed
     /// over live would come again from that read, so they are dropped.
     fn read_outbox(&mut self) {
+        self.missed.store(false, Ordering::Release);
         self.more = true;
         self.live.clear();
     }
@@ -277,6 +283,11 @@ impl DeliveryTask {
     /// committed row up to the cursor was read) and a connection is up; then rows after the
     /// cursor are exactly these, in order. Otherwise the outbox read will find them.
     fn on_live(&mut self, rows: Vec<Outgoing>) {
+        // Rows dropped on the way (a full queue) come before these: taking these would move
+        // the cursor past them, so the outbox is read instead, from the cursor on.
+        if self.missed.swap(false, Ordering::AcqRel) {
+            self.read_outbox();
+        }
         if self.more || self.active.is_none() {
             return;
         }
@@ -603,6 +614,8 @@ impl DeliveryTask {
 pub struct DeliveryHandle {
     pub tx: mpsc::Sender<DeliveryCmd>,
     pub new_rows: Arc<Notify>,
+    /// Set when live rows could not be handed over (the queue was full).
+    pub missed: Arc<AtomicBool>,
 }
 
 #[cfg(test)]

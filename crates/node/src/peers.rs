@@ -6,6 +6,7 @@
 //! the peer never gets a message twice.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -68,10 +69,21 @@ impl Peers {
             let entry = map.entry(key.to_owned()).or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(1024);
                 let new_rows = Arc::new(Notify::new());
-                let task = DeliveryTask::new(node.clone(), key.to_owned(), rx, new_rows.clone());
+                let missed = Arc::new(AtomicBool::new(false));
+                let task = DeliveryTask::new(
+                    node.clone(),
+                    key.to_owned(),
+                    rx,
+                    new_rows.clone(),
+                    missed.clone(),
+                );
                 node.tracker.spawn(task.run());
                 Entry {
-                    delivery: DeliveryHandle { tx, new_rows },
+                    delivery: DeliveryHandle {
+                        tx,
+                        new_rows,
+                        missed,
+                    },
                     connections: Vec::new(),
                     senders: Vec::new(),
                     last_seen: None,
@@ -149,6 +161,8 @@ impl Peers {
     pub fn live(&self, key: &str, rows: Vec<slipstream_storage::Outgoing>) {
         if let Some(entry) = self.lock().get(key) {
             if entry.delivery.tx.try_send(DeliveryCmd::Live(rows)).is_err() {
+                // Later rows must not be taken before these are read back (see `on_live`).
+                entry.delivery.missed.store(true, Ordering::Release);
                 entry.delivery.new_rows.notify_one();
             }
         }

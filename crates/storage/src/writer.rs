@@ -54,6 +54,8 @@ pub(crate) struct Writer {
     held: Held,
     /// Whether rows are held at all: only with a timer to write them out when due.
     hold: bool,
+    /// Commits failed in a row (for the wait before the next try).
+    failures: u32,
 }
 
 impl Writer {
@@ -77,6 +79,7 @@ impl Writer {
             defer_marks: DEFER_MARKS,
             held,
             hold: true,
+            failures: 0,
         }
     }
 
@@ -127,6 +130,8 @@ impl Writer {
                 let (reply, _) = oneshot::channel();
                 deferred.push(WriterOp::WriteHeld(None, reply));
                 self.commit_batch(&mut deferred);
+                // Close synced, so SQLite's closing checkpoint syncs the database file.
+                let _ = self.set_synced(true);
                 break;
             };
             batch.push(first);
@@ -235,8 +240,15 @@ impl Writer {
                         Err(StorageError::Corrupt(format!("commit failed: {e}"))),
                     );
                 }
+                // Held rows that failed to be written are due again at once: wait before the
+                // next try instead of spinning on a failing disk.
+                self.failures = self.failures.saturating_add(1);
+                let wait = std::time::Duration::from_millis(50 << self.failures.min(5));
+                std::thread::sleep(wait);
+                return stop;
             }
         }
+        self.failures = 0;
         stop
     }
 
@@ -364,10 +376,12 @@ fn run_batch(
     Ok((results, watermark))
 }
 
-/// Operations that insert delivery rows through the table's own sequence.
+/// Operations after which a batch holds no rows: its writes' rows are inserted through the
+/// table's own sequence, as these insert theirs (take-over, relay), must find them in the
+/// table (a peer met renames `url:` rows), or will not be there to write them (stop).
 fn uses_table_sequence(op: &WriterOp) -> bool {
     match op {
-        WriterOp::TakeOver(..) => true,
+        WriterOp::TakeOver(..) | WriterOp::PeerMet(..) | WriterOp::Stop(..) => true,
         WriterOp::Record(rec, _) => !rec.relay_to.is_empty(),
         _ => false,
     }
