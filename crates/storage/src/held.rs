@@ -7,21 +7,24 @@
 //! new write's delivery rows in memory, with seqs from the same sequence as written rows, and
 //! writes a row to the outbox only when it must:
 //!
-//! - it is still unacknowledged after [`HOLD_FOR`] (a slow or unreachable peer), or more than
+//! - it is still unacknowledged after [`HOLD_FOR`] (the default; `SLIPSTREAM_HOLD_DELIVERY_MS`
+//!   sets it, and zero holds nothing) because its peer is slow or unreachable, or more than
 //!   [`MAX_HELD`] rows are held;
 //! - something reads or changes rows in the database: the outbox read for a peer
 //!   ([`crate::Storage::open_deliveries`] asks for that peer's rows first), a sent mark, an
 //!   attempt counted or a dead letter for that row, and take-over, relay, a peer met, pruning,
 //!   dead-letter replay and purge (all rows first);
-//! - the writer stops.
+//! - the writer stops (a batch with a stop, a peer met, take-over or relay holds no new rows
+//!   either).
 //!
 //! A row acknowledged while held is never written. What makes this safe is the journal: each
 //! message row lists its recipients, and every commit records in `meta` (`held_through`) the
 //! journal id below which no message has a held row. After a crash, [`recover`] writes a pending
 //! row for every recipient of every later message that has none; rows that were acknowledged
 //! just before the crash are then sent once more, and receivers drop them as duplicates. The
-//! watermark only moves forward in the commit that settles the rows behind it, so a lost commit
-//! only means more rows come back.
+//! watermark is recomputed in every commit, in the same transaction as the rows it accounts
+//! for, so a commit lost in a crash takes its watermark with it: more rows come back, never
+//! fewer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
