@@ -858,12 +858,7 @@ mod tests {
     #[test]
     fn syncing_is_back_on_for_every_batch_that_is_not_only_marks() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = Connection::open(dir.path().join("w.db")).unwrap();
-        conn.execute_batch(crate::schema::PRAGMAS).unwrap();
-        conn.execute_batch(crate::schema::SCHEMA).unwrap();
-        let (_tx, rx) = mpsc::channel(1);
-        let held = Held::open(&conn, Default::default()).unwrap();
-        let mut w = Writer::new(conn, rx, 16, Arc::default(), None, None, held);
+        let mut w = test_writer(dir.path());
         let level = |w: &Writer| -> i64 {
             w.conn
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))
@@ -877,6 +872,67 @@ mod tests {
             WriterOp::Flush(reply()),
         ]);
         assert_eq!(level(&w), 2, "FULL again for anything else");
+    }
+
+    fn test_writer(dir: &std::path::Path) -> Writer {
+        let conn = Connection::open(dir.join("w.db")).unwrap();
+        conn.execute_batch(crate::schema::PRAGMAS).unwrap();
+        conn.execute_batch(crate::schema::SCHEMA).unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        let held = Held::open(&conn, Default::default()).unwrap();
+        Writer::new(conn, rx, 16, Arc::default(), None, None, held)
+    }
+
+    fn write_to(id: &str, peer: &str) -> WriterOp {
+        WriterOp::Record(
+            Box::new(Record {
+                message_id: id.into(),
+                group: "singleton".into(),
+                msg_type: "SK",
+                origin: "a".into(),
+                hlc: slipstream_protocol::Hlc::new(1, 0),
+                path: vec!["a".into()],
+                body: "{}".into(),
+                apply: None,
+                queue_apply: false,
+                recipients: vec![peer.into()],
+                relay_to: Vec::new(),
+            }),
+            reply(),
+        )
+    }
+
+    fn rows(w: &Writer) -> Vec<String> {
+        let mut st = w
+            .conn
+            .prepare("SELECT peer FROM deliveries ORDER BY seq")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect()
+    }
+
+    /// A write to a configured peer not met yet, in the same batch as meeting it: its row is
+    /// written, not held, and so renamed with the others.
+    #[test]
+    fn a_batch_that_meets_a_peer_holds_no_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        w.commit_batch(&mut vec![write_to("m1", "url:ws://x")]);
+        assert!(rows(&w).is_empty(), "held: {:?}", rows(&w));
+        let met = PeerRow {
+            id: "con-x".into(),
+            url: Some("ws://x".into()),
+            tags: Vec::new(),
+            last_seen: 0,
+        };
+        w.commit_batch(&mut vec![
+            write_to("m2", "url:ws://x"),
+            WriterOp::PeerMet(met, reply()),
+        ]);
+        assert_eq!(rows(&w), ["con-x", "con-x"]);
+        assert!(w.held.is_empty());
     }
 
     #[test]
