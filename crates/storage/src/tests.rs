@@ -778,3 +778,37 @@ async fn seqs_are_never_reused_between_held_and_written_rows() {
     assert_eq!(owed(s.open_deliveries("c", 0, 10).await.unwrap()), ["m1"]);
     assert_eq!(owed(s.open_deliveries("b", 0, 10).await.unwrap()), ["m2"]);
 }
+
+/// A database written before journal rows listed their recipients opens: the column is added,
+/// its rows owe nothing new (they were all written then), and new writes hold their rows.
+#[tokio::test]
+async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = database_file(dir.path());
+    {
+        let c = Connection::open(&file).unwrap();
+        // The journal as it was, without `recipients`, with one write owed to b.
+        let old = crate::schema::SCHEMA.replace("    recipients    TEXT,\n", "");
+        assert_ne!(
+            old,
+            crate::schema::SCHEMA,
+            "the column is gone from the old schema"
+        );
+        c.execute_batch(&old).unwrap();
+        c.execute_batch(
+            "INSERT INTO messages (id, message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
+             VALUES (1, 'old', 'singleton', 'SK', 'a', '0000000000010000', '[\"a\"]', '{}', 1);
+             INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (1, 'b', 'pending', 0, 1);",
+        )
+        .unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(owed(s.open_deliveries("b", 0, 10).await.unwrap()), ["old"]);
+    s.record(rec("new", "k", "v", 2, "a", &["b"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        owed(s.open_deliveries("b", 0, 10).await.unwrap()),
+        ["old", "new"]
+    );
+}
