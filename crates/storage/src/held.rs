@@ -47,8 +47,9 @@ pub struct PeerHeld {
     pub acked: u64,
 }
 
-/// Shared between the writer and the storage handle.
-pub(crate) type HeldCounts = Arc<Mutex<HashMap<String, PeerHeld>>>;
+/// Shared between the writer and the storage handle. Its keys are also the held rows' peer
+/// names, so each peer's name is allocated once.
+pub(crate) type HeldCounts = Arc<Mutex<HashMap<Arc<str>, PeerHeld>>>;
 
 struct Row {
     msg: i64,
@@ -59,7 +60,6 @@ struct Row {
 /// The writer's held rows.
 pub(crate) struct Held {
     rows: BTreeMap<i64, Row>,
-    peers: HashMap<String, Arc<str>>,
     counts: HeldCounts,
     /// The seq the next delivery row gets, held or written.
     pub(crate) next_seq: i64,
@@ -76,7 +76,8 @@ pub(crate) struct Plan {
     pub(crate) write: Vec<i64>,
     /// Held rows the batch acknowledges (dropped once it commits).
     pub(crate) acked: Vec<i64>,
-    /// The batch inserts rows through the table's own sequence (relay, take-over): the
+    /// The batch holds no rows (take-over, relay, a peer met, a stop): all held rows are
+    /// written first, its rows are inserted through the table's own sequence, and that
     /// sequence is moved past every seq handed out first, so none is used twice.
     pub(crate) sync_sequence: bool,
 }
@@ -102,7 +103,6 @@ impl Held {
             conn.query_row("SELECT max(seq) FROM deliveries", [], |r| r.get(0))?;
         Ok(Held {
             rows: BTreeMap::new(),
-            peers: HashMap::new(),
             counts,
             next_seq: last.unwrap_or(0).max(max.unwrap_or(0)) + 1,
             watermark,
@@ -185,9 +185,9 @@ impl Held {
     }
 
     /// The watermark once the batch commits: no message at or below it has a held row.
-    /// `new_msgs` are the messages of the batch that hold new rows; `last_msg` the newest
-    /// message id in the journal.
-    pub(crate) fn watermark_after(&self, plan: &Plan, new_msgs: &[i64], last_msg: i64) -> i64 {
+    /// `new_msgs` are the messages of the batch that hold new rows. `None` when no row will be
+    /// held: the watermark is then the newest message.
+    pub(crate) fn watermark_after(&self, plan: &Plan, new_msgs: &[i64]) -> Option<i64> {
         let leaving: std::collections::HashSet<i64> =
             plan.write.iter().chain(&plan.acked).copied().collect();
         let oldest_kept = self
@@ -195,11 +195,11 @@ impl Held {
             .iter()
             .find(|(s, _)| !leaving.contains(s))
             .map(|(_, r)| r.msg);
-        let oldest_new = new_msgs.iter().copied().min();
-        match (oldest_kept, oldest_new) {
-            (None, None) => last_msg,
-            (a, b) => a.into_iter().chain(b).min().unwrap_or(last_msg + 1) - 1,
-        }
+        oldest_kept
+            .into_iter()
+            .chain(new_msgs.iter().copied())
+            .min()
+            .map(|m| m - 1)
     }
 
     /// Records the watermark in the batch's transaction, if it moved.
@@ -217,29 +217,27 @@ impl Held {
     /// The batch committed: written and acknowledged rows leave, new ones are held.
     pub(crate) fn committed(&mut self, plan: &Plan, new_rows: &[(i64, i64, &str)], watermark: i64) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for seq in &plan.write {
-            if let Some(r) = self.rows.remove(seq) {
-                counts.entry(r.peer.to_string()).or_default().held -= 1;
-            }
-        }
-        for seq in &plan.acked {
-            if let Some(r) = self.rows.remove(seq) {
-                let c = counts.entry(r.peer.to_string()).or_default();
+        let leaving = plan.write.iter().map(|s| (s, false));
+        for (seq, acked) in leaving.chain(plan.acked.iter().map(|s| (s, true))) {
+            let row = self.rows.remove(seq);
+            if let Some(c) = row.and_then(|r| counts.get_mut(&*r.peer)) {
                 c.held -= 1;
-                c.acked += 1;
+                c.acked += u64::from(acked);
             }
         }
         let born = Instant::now();
         for (seq, msg, peer) in new_rows {
-            let peer = match self.peers.get(*peer) {
-                Some(p) => p.clone(),
+            let peer = match counts.get_key_value(*peer) {
+                Some((name, _)) => name.clone(),
                 None => {
-                    let p: Arc<str> = (*peer).into();
-                    self.peers.insert(peer.to_string(), p.clone());
-                    p
+                    let name: Arc<str> = (*peer).into();
+                    counts.insert(name.clone(), PeerHeld::default());
+                    name
                 }
             };
-            counts.entry(peer.to_string()).or_default().held += 1;
+            if let Some(c) = counts.get_mut(&peer) {
+                c.held += 1;
+            }
             self.rows.insert(
                 *seq,
                 Row {

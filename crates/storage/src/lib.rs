@@ -678,7 +678,7 @@ impl Storage {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (peer, h) in held {
             if h.held > 0 || (with_acked && h.acked > 0) {
-                let c = out.entry(peer).or_default();
+                let c = out.entry(peer.to_string()).or_default();
                 c.pending += h.held;
                 if with_acked {
                     c.acked += h.acked;

@@ -255,23 +255,23 @@ impl Writer {
     /// What a batch does to the held delivery rows (see `held.rs`): which to write first,
     /// which it acknowledges, and whether it uses the table's own sequence.
     fn plan(&self, ops: &[WriterOp]) -> Plan {
-        let mut plan = Plan::default();
+        let mut plan = Plan {
+            sync_sequence: ops.iter().any(holds_nothing),
+            ..Plan::default()
+        };
         if self.held.is_empty() {
-            plan.sync_sequence = ops.iter().any(uses_table_sequence);
             return plan;
         }
         let all = !self.hold
+            || plan.sync_sequence
             || ops.iter().any(|op| {
-                uses_table_sequence(op)
-                    || matches!(
-                        op,
-                        WriterOp::PeerMet(..)
-                            | WriterOp::Prune(..)
-                            | WriterOp::ReplayDead(..)
-                            | WriterOp::PurgeDead(..)
-                            | WriterOp::Stop(..)
-                            | WriterOp::WriteHeld(None, _)
-                    )
+                matches!(
+                    op,
+                    WriterOp::Prune(..)
+                        | WriterOp::ReplayDead(..)
+                        | WriterOp::PurgeDead(..)
+                        | WriterOp::WriteHeld(None, _)
+                )
             });
         let mut write: std::collections::BTreeSet<i64> = if all {
             self.held.seqs(None).collect()
@@ -296,7 +296,6 @@ impl Writer {
         }
         plan.acked.retain(|s| !write.contains(s));
         plan.write = write.into_iter().collect();
-        plan.sync_sequence = ops.iter().any(uses_table_sequence);
         plan
     }
 
@@ -368,18 +367,21 @@ fn run_batch(
             _ => None,
         })
         .collect();
-    let last_msg: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
-        r.get(0)
-    })?;
-    let watermark = held.watermark_after(plan, &new_msgs, last_msg);
+    let watermark = match held.watermark_after(plan, &new_msgs) {
+        Some(w) => w,
+        None => tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?,
+    };
     held.store_watermark(tx, watermark)?;
     Ok((results, watermark))
 }
 
-/// Operations after which a batch holds no rows: its writes' rows are inserted through the
-/// table's own sequence, as these insert theirs (take-over, relay), must find them in the
-/// table (a peer met renames `url:` rows), or will not be there to write them (stop).
-fn uses_table_sequence(op: &WriterOp) -> bool {
+/// Operations after which a batch holds no rows: all held rows are written first, and its
+/// writes' rows are inserted through the table's own sequence, as these insert theirs
+/// (take-over, relay), must find them in the table (a peer met renames `url:` rows), or will
+/// not be there to write them (stop).
+fn holds_nothing(op: &WriterOp) -> bool {
     match op {
         WriterOp::TakeOver(..) | WriterOp::PeerMet(..) | WriterOp::Stop(..) => true,
         WriterOp::Record(rec, _) => !rec.relay_to.is_empty(),
