@@ -1,4 +1,5 @@
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use slipstream_protocol::{Hlc, Value};
 
@@ -7,6 +8,18 @@ use super::*;
 fn open(dir: &Path) -> Storage {
     Storage::open(dir, None, StorageOptions::default()).unwrap()
 }
+
+/// Opens with marks held back (`defer_marks`) and rows held (`hold_for`) this long.
+fn open_holding(dir: &Path, defer_marks: Duration, hold_for: Duration) -> Storage {
+    let opts = StorageOptions {
+        defer_marks,
+        hold_for,
+        ..StorageOptions::default()
+    };
+    Storage::open(dir, None, opts).unwrap()
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
 
 fn rec(id: &str, key: &str, value: &str, hlc: u64, origin: &str, recipients: &[&str]) -> Record {
     Record {
@@ -546,15 +559,23 @@ async fn take_over_owes_an_origins_recent_untargeted_writes_once() {
     );
 }
 
-/// Waits (up to 10 s) until the writer has taken every queued operation off its queue.
-async fn writer_took_everything(s: &Storage) {
+/// Polls `check` every 10 ms, for up to 10 s.
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     for _ in 0..1000 {
-        if s.tx.capacity() == s.tx.max_capacity() {
+        if check() {
             return;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("the writer did not take its queued operations");
+    panic!("timed out waiting until {what}");
+}
+
+/// Waits until the writer has taken every queued operation off its queue.
+async fn writer_took_everything(s: &Storage) {
+    wait_until("the writer took its queued operations", || {
+        s.tx.capacity() == s.tx.max_capacity()
+    })
+    .await;
 }
 
 /// Marks alone wait for the next commit instead of committing on their own: a mark the
@@ -562,11 +583,7 @@ async fn writer_took_everything(s: &Storage) {
 #[tokio::test]
 async fn marks_alone_wait_to_commit_with_the_next_operation() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StorageOptions {
-        defer_marks: std::time::Duration::from_secs(3600),
-        ..StorageOptions::default()
-    };
-    let s = Storage::open(dir.path(), None, opts).unwrap();
+    let s = open_holding(dir.path(), HOUR, HOLD_FOR);
     let rows = match s.record(rec("m1", "k", "v", 1, "a", &["b"])).await.unwrap() {
         Recorded::New { deliveries, .. } => deliveries,
         other => panic!("{other:?}"),
@@ -591,11 +608,8 @@ async fn marks_alone_wait_to_commit_with_the_next_operation() {
 #[tokio::test]
 async fn held_back_marks_commit_after_the_delay_and_at_stop() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StorageOptions {
-        defer_marks: std::time::Duration::from_millis(20),
-        ..StorageOptions::default()
-    };
-    let s = Storage::open(dir.path(), None, opts).unwrap();
+    // Rows stay held, so no write-out commits while the test watches the commits.
+    let s = open_holding(dir.path(), Duration::from_millis(20), HOUR);
     let mut seqs = Vec::new();
     for i in 0..2 {
         if let Recorded::New { deliveries, .. } = s
@@ -606,26 +620,15 @@ async fn held_back_marks_commit_after_the_delay_and_at_stop() {
             seqs.push(deliveries[0].1);
         }
     }
+    let commits = s.stats().commits.load(Ordering::Relaxed);
     s.mark_acked(vec![seqs[0]], None).await.unwrap();
-    let mut left = usize::MAX;
-    for _ in 0..1000 {
-        left = s.open_deliveries("b", 0, 10).await.unwrap().len();
-        if left == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(left, 1, "the mark committed without another operation");
+    wait_until("the mark committed without another operation", || {
+        s.stats().commits.load(Ordering::Relaxed) == commits + 1
+    })
+    .await;
+    assert_eq!(owed(s.open_deliveries("b", 0, 10).await.unwrap()), ["m1"]);
 
-    let stopping = Storage::open(
-        dir.path(),
-        None,
-        StorageOptions {
-            defer_marks: std::time::Duration::from_secs(3600),
-            ..StorageOptions::default()
-        },
-    )
-    .unwrap();
+    let stopping = open_holding(dir.path(), HOUR, HOLD_FOR);
     s.close().await;
     stopping.mark_acked(vec![seqs[1]], None).await.unwrap();
     writer_took_everything(&stopping).await;
@@ -659,11 +662,7 @@ fn owed(rows: Vec<Outgoing>) -> Vec<String> {
 #[tokio::test]
 async fn held_rows_lost_in_a_crash_are_owed_again_from_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = StorageOptions {
-        hold_for: std::time::Duration::from_secs(3600),
-        ..StorageOptions::default()
-    };
-    let s = Storage::open(dir.path(), None, opts).unwrap();
+    let s = open_holding(dir.path(), DEFER_MARKS, HOUR);
     let mut seqs = Vec::new();
     for id in ["m1", "m2"] {
         if let Recorded::New { deliveries, .. } = s
@@ -725,21 +724,17 @@ async fn an_unacknowledged_held_row_is_written_when_due() {
         "held rows count as pending: {counts:?}"
     );
     let raw = Connection::open(database_file(dir.path())).unwrap();
-    let mut written = 0;
-    for _ in 0..1000 {
-        written = raw
+    wait_until("the row is in the outbox", || {
+        let written: i64 = raw
             .query_row(
                 "SELECT count(*) FROM deliveries WHERE state = 'pending'",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        if written == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(written, 1);
+        written == 1
+    })
+    .await;
     assert_eq!(
         s.peer_counts(false).await.unwrap()[0].1.pending,
         1,
