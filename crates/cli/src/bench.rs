@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use slipstream_node::http::client;
@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Bytes of each value.
     #[arg(long, default_value_t = 100)]
     value_size: usize,
+    /// Order of the written keys and message ids. `sequential` (bench:<run>:0, :1, ...)
+    /// appends to the end of every SQLite index; `random` spreads them over the indexes as
+    /// order ids and UUIDs would, so each write touches pages of its own.
+    #[arg(long, value_enum, default_value_t = KeyOrder::Sequential)]
+    keys: KeyOrder,
     /// Most writes sent and not yet acknowledged.
     #[arg(long, default_value_t = 2_000)]
     window: usize,
@@ -73,6 +78,63 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// How the bench names its writes (`--keys`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
+pub enum KeyOrder {
+    Sequential,
+    Random,
+}
+
+/// An odd multiplier, so `i * SPREAD` (mod 2^64) is a bijection: keys that look random and
+/// still give back their index.
+const SPREAD: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The inverse of [`SPREAD`] modulo 2^64 (Newton's iteration doubles the correct bits).
+const UNSPREAD: u64 = {
+    let mut inv = SPREAD;
+    let mut i = 0;
+    while i < 6 {
+        inv = inv.wrapping_mul(2u64.wrapping_sub(SPREAD.wrapping_mul(inv)));
+        i += 1;
+    }
+    inv
+};
+
+impl KeyOrder {
+    /// The part of write `i`'s key (and message id) after its prefix.
+    fn suffix(self, i: usize, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = match self {
+            KeyOrder::Sequential => write!(out, "{i}"),
+            KeyOrder::Random => write!(out, "{:016x}", (i as u64).wrapping_mul(SPREAD)),
+        };
+    }
+
+    /// The index of a key's suffix, if it is one of this order's (the whole of `text` up to
+    /// the closing quote).
+    fn index(self, text: &str) -> Option<(usize, usize)> {
+        let b = text.as_bytes();
+        match self {
+            KeyOrder::Sequential => {
+                let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
+                (digits > 0 && b.get(digits) == Some(&b'"'))
+                    .then(|| Some((text[..digits].parse().ok()?, digits)))
+                    .flatten()
+            }
+            KeyOrder::Random => {
+                let hex = b.get(..16)?;
+                let ok = hex.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+                (ok && b.get(16) == Some(&b'"'))
+                    .then(|| {
+                        let v = u64::from_str_radix(&text[..16], 16).ok()?;
+                        Some((v.wrapping_mul(UNSPREAD) as usize, 16))
+                    })
+                    .flatten()
+            }
+        }
+    }
 }
 
 /// A node process started by the bench.
@@ -257,37 +319,47 @@ fn items(text: &str) -> Vec<Message> {
 /// (`"key":"bench:<run>:<index>"`) without decoding the frame: the watchers read every write
 /// once per node, and the client shares the cores with the nodes it measures. The pattern
 /// cannot occur inside a JSON string value, where quotes are escaped.
-fn pushed_indexes<'a>(frame: &'a str, prefix: &str) -> impl Iterator<Item = usize> + 'a {
+fn pushed_indexes<'a>(
+    frame: &'a str,
+    prefix: &str,
+    order: KeyOrder,
+) -> impl Iterator<Item = usize> + 'a {
     let needle = format!("\"key\":\"{prefix}");
     let mut rest = frame;
     std::iter::from_fn(move || loop {
         let at = rest.find(&needle)? + needle.len();
         rest = &rest[at..];
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        // The key must end right after the digits.
-        if digits > 0 && rest.as_bytes().get(digits) == Some(&b'"') {
-            let idx = rest[..digits].parse().ok();
-            rest = &rest[digits..];
-            if idx.is_some() {
-                return idx;
-            }
+        // The key must end right after its suffix.
+        if let Some((idx, len)) = order.index(rest) {
+            rest = &rest[len..];
+            return Some(idx);
         }
     })
 }
 
 /// A frame of bench writes, written directly (the values need no escaping).
-fn write_frame(prefix: &str, value: &str, ids: &str, range: std::ops::Range<usize>) -> String {
-    use std::fmt::Write as _;
-    let mut frame = String::with_capacity(range.len() * (value.len() + prefix.len() + 80) + 2);
+fn write_frame(
+    prefix: &str,
+    value: &str,
+    ids: &str,
+    range: std::ops::Range<usize>,
+    order: KeyOrder,
+) -> String {
+    let mut frame = String::with_capacity(range.len() * (value.len() + prefix.len() + 90) + 2);
     frame.push('[');
     for i in range {
         if frame.len() > 1 {
             frame.push(',');
         }
-        let _ = write!(
-            frame,
-            r#"{{"type":"SK","key":"{prefix}{i}","value":"{value}","messageId":"{ids}{i}"}}"#
-        );
+        frame.push_str(r#"{"type":"SK","key":""#);
+        frame.push_str(prefix);
+        order.suffix(i, &mut frame);
+        frame.push_str(r#"","value":""#);
+        frame.push_str(value);
+        frame.push_str(r#"","messageId":""#);
+        frame.push_str(ids);
+        order.suffix(i, &mut frame);
+        frame.push_str(r#""}"#);
     }
     frame.push(']');
     frame
@@ -324,7 +396,7 @@ async fn warm_up(
     while next < args.warmup {
         let count = args.batch.max(1).min(args.warmup - next);
         sink.send(WsMessage::Text(
-            write_frame(keys, value, ids, next..next + count).into(),
+            write_frame(keys, value, ids, next..next + count, args.keys).into(),
         ))
         .await?;
         let mut acked = 0;
@@ -341,7 +413,8 @@ async fn warm_up(
         }
         next += count;
     }
-    let last = format!("/v1/keys/{keys}{}", args.warmup - 1);
+    let mut last = format!("/v1/keys/{keys}");
+    args.keys.suffix(args.warmup - 1, &mut last);
     let deadline = Instant::now() + Duration::from_secs(30);
     for http in https.iter().flatten() {
         while !matches!(
@@ -457,6 +530,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         let mut ws = app(url).await?;
         let applied = applied.clone();
         let prefix = prefix.clone();
+        let order = args.keys;
         watchers.push(tokio::spawn(async move {
             let mut seen = 0;
             while seen < n {
@@ -468,7 +542,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 };
                 let now = Instant::now();
                 let mut slots = applied[i].lock().unwrap_or_else(|p| p.into_inner());
-                for idx in pushed_indexes(t.as_str(), &prefix) {
+                for idx in pushed_indexes(t.as_str(), &prefix, order) {
                     if idx < n && slots[idx].is_none() {
                         slots[idx] = Some(now);
                         seen += 1;
@@ -560,7 +634,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let due = start + Duration::from_secs_f64(next as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let frame = write_frame(&prefix, &value, &ids, next..next + count);
+        let frame = write_frame(&prefix, &value, &ids, next..next + count, args.keys);
         let now = Instant::now();
         {
             let mut s = sent_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -704,6 +778,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "nodes": urls.len(),
         "messages": n,
         "valueSize": args.value_size,
+        "keys": format!("{:?}", args.keys).to_lowercase(),
         "window": args.window,
         "batch": args.batch,
         "rate": args.rate,
@@ -729,7 +804,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         let l = &report["latencyMs"];
         println!(
-            "nodes {}  workers per node {}  writes {} of {} bytes  window {}  batch {}  rate {}",
+            "nodes {}  workers per node {}  writes {} of {} bytes, {} keys  window {}  batch {}  rate {}",
             urls.len(),
             if args.node_workers == 0 {
                 "default".to_owned()
@@ -738,6 +813,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             },
             n,
             args.value_size,
+            report["keys"].as_str().unwrap_or_default(),
             args.window,
             args.batch,
             if args.rate == 0 {
@@ -825,18 +901,20 @@ mod tests {
 
     #[test]
     fn pushed_writes_are_found_by_key_and_written_frames_decode() {
-        let frame = write_frame("bench:7:", "xx", "b7-", 40..43);
+        let seq = KeyOrder::Sequential;
+        let frame = write_frame("bench:7:", "xx", "b7-", 40..43, seq);
         let decoded = items(&frame);
         assert_eq!(decoded.len(), 3);
         assert_eq!(decoded[2].key(), Some("bench:7:42"));
+        assert_eq!(decoded[2].env.message_id.as_deref(), Some("b7-42"));
         assert_eq!(
-            pushed_indexes(&frame, "bench:7:").collect::<Vec<_>>(),
+            pushed_indexes(&frame, "bench:7:", seq).collect::<Vec<_>>(),
             vec![40, 41, 42]
         );
         // Another run's keys, a longer key and a quoted pattern inside a value do not count.
         let other = r#"[{"key":"bench:8:1"},{"key":"bench:7:5x"},{"value":"\"key\":\"bench:7:9\""},{"key":"bench:7:6"}]"#;
         assert_eq!(
-            pushed_indexes(other, "bench:7:").collect::<Vec<_>>(),
+            pushed_indexes(other, "bench:7:", seq).collect::<Vec<_>>(),
             vec![6]
         );
         let ack = r#"{"type":"ACK","messageIds":["a","b"]}"#;
@@ -844,5 +922,36 @@ mod tests {
         assert_eq!(items(&format!("[{ack},{sk}]")).len(), 2);
         assert_eq!(items(sk)[0].key(), Some("bench:7:3"));
         assert!(items(r#"{"a":1}"#).is_empty());
+    }
+
+    #[test]
+    fn random_keys_are_out_of_order_and_give_back_their_index() {
+        let random = KeyOrder::Random;
+        let frame = write_frame("bench:7:", "xx", "b7-", 0..1000, random);
+        let decoded = items(&frame);
+        let keys: Vec<&str> = decoded.iter().filter_map(|m| m.key()).collect();
+        assert_eq!(keys.len(), 1000);
+        // Neither the keys nor the message ids come in sorted order, and none repeats.
+        let mut sorted = keys.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 1000);
+        assert_ne!(sorted, keys);
+        let ids: Vec<&str> = decoded
+            .iter()
+            .filter_map(|m| m.env.message_id.as_deref())
+            .collect();
+        assert!(ids.windows(2).any(|w| w[0] > w[1]));
+        assert_eq!(
+            pushed_indexes(&frame, "bench:7:", random).collect::<Vec<_>>(),
+            (0..1000).collect::<Vec<_>>()
+        );
+        // A sequential key is not a random one, nor one with upper-case or too few digits.
+        let other = r#"[{"key":"bench:7:42"},{"key":"bench:7:00000000000000AB"},{"key":"bench:7:0000000000000001"}]"#;
+        assert_eq!(
+            pushed_indexes(other, "bench:7:", random).collect::<Vec<_>>(),
+            vec![UNSPREAD as usize]
+        );
+        assert_eq!(SPREAD.wrapping_mul(UNSPREAD), 1);
     }
 }

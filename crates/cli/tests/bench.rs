@@ -42,6 +42,7 @@ fn a_local_mesh_run_reports_every_figure_and_that_every_node_holds_every_write()
     assert_eq!(code, Some(0), "{stderr}\n{r}");
     assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
     assert_eq!(r["acked"], 2000, "{r}");
+    assert_eq!(r["keys"], "sequential", "the default: {r}");
     assert!(number(&r["appliedOnAllPerSecond"], "applied/s") > 0.0);
     let l = &r["latencyMs"];
     let (p50, p99, max) = (
@@ -89,6 +90,10 @@ async fn a_run_against_running_nodes_reads_their_figures_from_their_status_and_m
         "1000",
         "--warmup",
         "100",
+        // Keys in random order: the warm-up waits for its last key by name on each node, and
+        // every node's pushes are matched to their writes by key.
+        "--keys",
+        "random",
     ]
     .map(str::to_owned);
     let (code, r, stderr) = tokio::task::spawn_blocking(move || bench(&args))
@@ -97,6 +102,7 @@ async fn a_run_against_running_nodes_reads_their_figures_from_their_status_and_m
     assert_eq!(code, Some(0), "{stderr}\n{r}");
     assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
     assert_eq!(r["nodes"], 2, "{r}");
+    assert_eq!(r["keys"], "random", "{r}");
     assert!(
         number(&r["messagesSentPerWrite"], "messages per write") >= 1.0,
         "{r}"
