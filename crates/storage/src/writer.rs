@@ -307,14 +307,22 @@ impl Writer {
         if self.synced == synced {
             return Ok(());
         }
-        self.conn.execute_batch(if synced {
-            "PRAGMA synchronous = FULL; PRAGMA wal_autocheckpoint = 1000;"
-        } else {
-            "PRAGMA synchronous = OFF; PRAGMA wal_autocheckpoint = 0;"
-        })?;
+        let (sync, checkpoint) = match synced {
+            true => ("FULL", crate::CHECKPOINT_PAGES),
+            false => ("OFF", 0),
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
+        checkpoint_every(&self.conn, checkpoint)?;
         self.synced = synced;
         Ok(())
     }
+}
+
+/// Sets the WAL pages after which a commit checkpoints ([`crate::CHECKPOINT_PAGES`]; 0: none).
+pub(crate) fn checkpoint_every(conn: &Connection, pages: u32) -> Result<()> {
+    conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+    Ok(())
 }
 
 /// Runs a batch's operations inside its transaction: held rows that must be in the outbox
@@ -855,30 +863,35 @@ mod tests {
         oneshot::channel().0
     }
 
-    /// A writer on a real database file switches to unsynced commits for a batch of marks
-    /// and back to synced ones for anything else.
+    /// A writer on a real database file switches to unsynced commits (and no checkpoints)
+    /// for a batch of marks, and back to synced ones checkpointing every
+    /// [`crate::CHECKPOINT_PAGES`] for anything else.
     #[test]
     fn syncing_is_back_on_for_every_batch_that_is_not_only_marks() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = test_writer(dir.path());
-        let level = |w: &Writer| -> i64 {
-            w.conn
-                .query_row("PRAGMA synchronous", [], |r| r.get(0))
-                .unwrap()
+        let level = |w: &Writer| -> (i64, i64) {
+            let get = |pragma: &str| -> i64 {
+                w.conn
+                    .query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))
+                    .unwrap()
+            };
+            (get("synchronous"), get("wal_autocheckpoint"))
         };
-        assert_eq!(level(&w), 2, "FULL to begin with");
+        let every = i64::from(crate::CHECKPOINT_PAGES);
+        assert_ne!(every, 1000, "not SQLite's default, so the test sees it set");
+        assert_eq!(level(&w), (2, every), "FULL to begin with");
         w.commit_batch(&mut vec![WriterOp::MarkAcked(vec![1], None, reply())]);
-        assert_eq!(level(&w), 0, "OFF for marks alone");
+        assert_eq!(level(&w), (0, 0), "OFF for marks alone");
         w.commit_batch(&mut vec![
             WriterOp::MarkAcked(vec![1], None, reply()),
             WriterOp::Flush(reply()),
         ]);
-        assert_eq!(level(&w), 2, "FULL again for anything else");
+        assert_eq!(level(&w), (2, every), "FULL again for anything else");
     }
 
     fn test_writer(dir: &std::path::Path) -> Writer {
-        let conn = Connection::open(dir.join("w.db")).unwrap();
-        conn.execute_batch(crate::schema::PRAGMAS).unwrap();
+        let conn = crate::open_writer_conn(&dir.join("w.db")).unwrap();
         conn.execute_batch(crate::schema::SCHEMA).unwrap();
         let (_tx, rx) = mpsc::channel(1);
         let held = Held::open(&conn, Default::default()).unwrap();
