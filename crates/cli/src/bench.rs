@@ -946,7 +946,8 @@ mod tests {
             pushed_indexes(&frame, "bench:7:", random).collect::<Vec<_>>(),
             (0..1000).collect::<Vec<_>>()
         );
-        // A sequential key is not a random one, nor one with upper-case or too few digits.
+        // Too few digits (a sequential key) or upper-case ones are not a random key's suffix;
+        // any 16 lower-case hex digits are.
         let other = r#"[{"key":"bench:7:42"},{"key":"bench:7:00000000000000AB"},{"key":"bench:7:0000000000000001"}]"#;
         assert_eq!(
             pushed_indexes(other, "bench:7:", random).collect::<Vec<_>>(),
