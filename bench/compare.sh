@@ -4,20 +4,31 @@
 # Not part of CI. Needs the Debian packages redis-server and nats-server, and python3 (it
 # installs nats-py from PyPI into a temporary virtualenv).
 #
-#   bench/compare.sh [MESSAGES] [VALUE_SIZE]
+#   bench/compare.sh [MESSAGES] [VALUE_SIZE] [KEYS]
+#
+# KEYS is Slipstream's key order, `sequential` (the default) or `random`. redis-benchmark
+# spreads its keys at random (-r) either way; JetStream appends to a stream, so key order
+# does not matter to it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-100000}
 SIZE=${2:-100}
+KEYS=${3:-sequential}
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# The servers are stopped and waited for before their files go: a server still shutting down
+# writes into the directory being removed.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cargo build --release -q --bin slipstream
-echo "== Slipstream: 3 nodes, full mesh, every write fsynced on every node"
-slip=$(./target/release/slipstream bench --nodes 3 --messages "$MESSAGES" --value-size "$SIZE" --json)
+echo "== Slipstream: 3 nodes, full mesh, every write fsynced on every node, $KEYS keys"
+slip=$(./target/release/slipstream bench --nodes 3 --messages "$MESSAGES" --value-size "$SIZE" --keys "$KEYS" --json)
 slip_rate=$(python3 -c 'import json,sys; print(round(json.loads(sys.argv[1])["appliedOnAllPerSecond"]))' "$slip")
 echo "$slip"
 
@@ -81,7 +92,7 @@ echo "$nats_rate publishes/s acknowledged by the stream"
 
 echo
 printf "%-58s %12s %8s\n" "system ($MESSAGES writes of $SIZE bytes)" "writes/s" "slip/this"
-printf '%-58s %12s %8s\n' "Slipstream, applied on all 3 nodes, fsync per commit" "$slip_rate" "1.00"
+printf '%-58s %12s %8s\n' "Slipstream, applied on all 3 nodes, fsync, $KEYS keys" "$slip_rate" "1.00"
 for row in "Redis primary+2 replicas, pipelined, no persistence:$redis_plain" "Redis primary+2 replicas, pipelined, AOF everysec:$redis_aof" "NATS JetStream, 3 replicas, async publish (Python client):$nats_rate"; do
   name=${row%:*}; rate=${row##*:}
   printf '%-58s %12s %8s\n' "$name" "$rate" "$(python3 -c "print(f'{$slip_rate/max($rate,1):.2f}')")"
