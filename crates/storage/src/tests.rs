@@ -530,17 +530,12 @@ async fn take_over_owes_an_origins_recent_untargeted_writes_once() {
         vec![("c".to_string(), 1), ("d".to_string(), 2)],
         "c already had a2; x1 is another origin's; a3 was targeted"
     );
-    let ids = |rows: Vec<Outgoing>| {
-        rows.into_iter()
-            .map(|o| o.message_id.to_string())
-            .collect::<Vec<_>>()
-    };
     assert_eq!(
-        ids(s.open_deliveries("c", 0, 10).await.unwrap()),
+        owed(s.open_deliveries("c", 0, 10).await.unwrap()),
         ["a2", "a1"]
     );
     assert_eq!(
-        ids(s.open_deliveries("d", 0, 10).await.unwrap()),
+        owed(s.open_deliveries("d", 0, 10).await.unwrap()),
         ["a1", "a2"]
     );
     assert!(
@@ -651,6 +646,7 @@ fn crash_copy(from: &Path, to: &Path) {
     }
 }
 
+/// The message ids of outbox rows, in their order.
 fn owed(rows: Vec<Outgoing>) -> Vec<String> {
     rows.into_iter().map(|o| o.message_id.to_string()).collect()
 }
