@@ -92,19 +92,12 @@ impl Held {
     /// Recovers what a crash left (see [`recover`]) and starts with nothing held.
     pub(crate) fn open(conn: &Connection, counts: HeldCounts) -> Result<Held> {
         let watermark = recover(conn)?;
-        let last: Option<i64> = conn
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
         let max: Option<i64> =
             conn.query_row("SELECT max(seq) FROM deliveries", [], |r| r.get(0))?;
         Ok(Held {
             rows: BTreeMap::new(),
             counts,
-            next_seq: last.unwrap_or(0).max(max.unwrap_or(0)) + 1,
+            next_seq: table_sequence(conn)?.max(max.unwrap_or(0)) + 1,
             watermark,
             hold_for: HOLD_FOR,
         })
@@ -173,14 +166,7 @@ impl Held {
 
     /// After the table's own sequence was used: hands out seqs past it.
     pub(crate) fn follow_sequence(&mut self, c: &Connection) -> Result<()> {
-        let last: Option<i64> = c
-            .query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
-        self.next_seq = self.next_seq.max(last.unwrap_or(0) + 1);
+        self.next_seq = self.next_seq.max(table_sequence(c)? + 1);
         Ok(())
     }
 
@@ -205,11 +191,7 @@ impl Held {
     /// Records the watermark in the batch's transaction, if it moved.
     pub(crate) fn store_watermark(&self, c: &Connection, watermark: i64) -> Result<()> {
         if watermark != self.watermark {
-            c.prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ('held_through', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![watermark.to_string()])?;
+            put_watermark(c, watermark)?;
         }
         Ok(())
     }
@@ -291,10 +273,7 @@ pub(crate) fn recover(conn: &Connection) -> Result<i64> {
             }
         }
         drop(add);
-        tx.execute(
-            "UPDATE meta SET value = ?1 WHERE key = 'held_through'",
-            params![last.to_string()],
-        )?;
+        put_watermark(&tx, last)?;
         tx.commit()?;
         if rows > 0 {
             tracing::warn!(
@@ -303,11 +282,29 @@ pub(crate) fn recover(conn: &Connection) -> Result<i64> {
             );
         }
     } else {
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES ('held_through', ?1)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            params![last.to_string()],
-        )?;
+        put_watermark(conn, last)?;
     }
     Ok(last)
+}
+
+/// The last seq the `deliveries` table's own sequence (AUTOINCREMENT) handed out, 0 if none.
+fn table_sequence(c: &Connection) -> Result<i64> {
+    let last: Option<i64> = c
+        .query_row(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'deliveries'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(last.unwrap_or(0))
+}
+
+/// Records `held_through` in `meta`.
+fn put_watermark(c: &Connection, watermark: i64) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('held_through', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![watermark.to_string()])?;
+    Ok(())
 }
