@@ -311,9 +311,9 @@ impl Writer {
             true => ("FULL", crate::CHECKPOINT_PAGES),
             false => ("OFF", 0),
         };
-        self.conn
-            .execute_batch(&format!("PRAGMA synchronous = {sync};"))?;
-        checkpoint_every(&self.conn, checkpoint)?;
+        self.conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA wal_autocheckpoint = {checkpoint};"
+        ))?;
         self.synced = synced;
         Ok(())
     }
