@@ -7,6 +7,7 @@
 //! disk, which is when the node may send its ACK. Reads use a separate connection off the async
 //! threads, so they never wait behind a commit.
 
+mod checkpointer;
 mod held;
 mod schema;
 mod writer;
@@ -19,6 +20,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
+use checkpointer::Checkpointer;
+pub use checkpointer::{CHECKPOINT_EVERY, WAL_BOUND_PAGES};
 pub use held::{PeerHeld, HOLD_FOR, MAX_HELD};
 pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
@@ -202,17 +205,6 @@ pub struct StorageOptions {
     pub hold_for: std::time::Duration,
 }
 
-/// WAL pages after which a commit copies the WAL back into the database file (SQLite's
-/// automatic checkpoint; its default is 1,000). Writes with keys and message ids in random
-/// order (order ids, UUIDs) each change a page of their own in the store's and the journal's
-/// indexes, so a commit of a few hundred of them changes about a thousand pages and, at the
-/// default, nearly every commit also checkpointed, with a second fsync. At 3,000 a page
-/// changed by several commits is copied once: 39 % more such writes per second, sequential
-/// keys and latency unchanged (BENCHMARKS.md). 10,000 gained more for random keys but cost
-/// sequential ones, as each checkpoint then holds commits back for longer. The WAL file grows
-/// to about 12 MiB.
-pub const CHECKPOINT_PAGES: u32 = 3_000;
-
 impl Default for StorageOptions {
     fn default() -> Self {
         StorageOptions {
@@ -305,6 +297,12 @@ impl Storage {
             held,
         );
         writer.defer_marks = opts.defer_marks;
+        let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), CHECKPOINT_EVERY)
+            .map_err(|e| StorageError::CreateDir {
+            path: file.clone(),
+            source: e,
+        })?;
+        writer.checkpointer = Some(checkpoints);
         let handle = std::thread::Builder::new()
             .name("slipstream-writer".into())
             .spawn(move || writer.run())
@@ -764,10 +762,11 @@ fn open_conn(file: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The writer's connection: as any other, and checkpointing every [`CHECKPOINT_PAGES`].
+/// The writer's connection: as any other, checkpointing itself only past
+/// [`WAL_BOUND_PAGES`] (the checkpointer thread copies the WAL back before that).
 pub(crate) fn open_writer_conn(file: &Path) -> Result<Connection> {
     let conn = open_conn(file)?;
-    writer::checkpoint_every(&conn, CHECKPOINT_PAGES)?;
+    writer::checkpoint_every(&conn, WAL_BOUND_PAGES)?;
     Ok(conn)
 }
 

@@ -56,6 +56,8 @@ pub(crate) struct Writer {
     hold: bool,
     /// Commits failed in a row (for the wait before the next try).
     failures: u32,
+    /// The thread that copies the WAL back (see `checkpointer.rs`); stopped with the writer.
+    pub(crate) checkpointer: Option<crate::checkpointer::Checkpointer>,
 }
 
 impl Writer {
@@ -80,6 +82,7 @@ impl Writer {
             held,
             hold: true,
             failures: 0,
+            checkpointer: None,
         }
     }
 
@@ -130,6 +133,9 @@ impl Writer {
                 let (reply, _) = oneshot::channel();
                 deferred.push(WriterOp::WriteHeld(None, reply));
                 self.commit_batch(&mut deferred);
+                if let Some(c) = self.checkpointer.take() {
+                    c.stop();
+                }
                 // Close synced, so SQLite's closing checkpoint syncs the database file.
                 let _ = self.set_synced(true);
                 break;
@@ -308,7 +314,7 @@ impl Writer {
             return Ok(());
         }
         let (sync, checkpoint) = match synced {
-            true => ("FULL", crate::CHECKPOINT_PAGES),
+            true => ("FULL", crate::WAL_BOUND_PAGES),
             false => ("OFF", 0),
         };
         self.conn.execute_batch(&format!(
@@ -319,7 +325,7 @@ impl Writer {
     }
 }
 
-/// Sets the WAL pages after which a commit checkpoints ([`crate::CHECKPOINT_PAGES`]; 0: none).
+/// Sets the WAL pages after which a commit checkpoints ([`crate::WAL_BOUND_PAGES`]; 0: none).
 pub(crate) fn checkpoint_every(conn: &Connection, pages: u32) -> Result<()> {
     conn.pragma_update(None, "wal_autocheckpoint", pages)?;
     Ok(())
@@ -864,8 +870,8 @@ mod tests {
     }
 
     /// A writer on a real database file switches to unsynced commits (and no checkpoints)
-    /// for a batch of marks, and back to synced ones checkpointing every
-    /// [`crate::CHECKPOINT_PAGES`] for anything else.
+    /// for a batch of marks, and back to synced ones checkpointing past
+    /// [`crate::WAL_BOUND_PAGES`] for anything else.
     #[test]
     fn syncing_is_back_on_for_every_batch_that_is_not_only_marks() {
         let dir = tempfile::tempdir().unwrap();
@@ -878,7 +884,7 @@ mod tests {
             };
             (get("synchronous"), get("wal_autocheckpoint"))
         };
-        let every = i64::from(crate::CHECKPOINT_PAGES);
+        let every = i64::from(crate::WAL_BOUND_PAGES);
         assert_ne!(every, 1000, "not SQLite's default, so the test sees it set");
         assert_eq!(level(&w), (2, every), "FULL to begin with");
         w.commit_batch(&mut vec![WriterOp::MarkAcked(vec![1], None, reply())]);
