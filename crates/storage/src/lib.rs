@@ -20,8 +20,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
-use checkpointer::Checkpointer;
-pub use checkpointer::{CHECKPOINT_EVERY, WAL_BOUND_PAGES};
+use checkpointer::{Checkpointer, Pace};
+pub use checkpointer::{CHECKPOINT_PAGES, WAL_BOUND_PAGES};
 pub use held::{PeerHeld, HOLD_FOR, MAX_HELD};
 pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
@@ -297,11 +297,11 @@ impl Storage {
             held,
         );
         writer.defer_marks = opts.defer_marks;
-        let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), CHECKPOINT_EVERY)
+        let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), Pace::DEFAULT)
             .map_err(|e| StorageError::CreateDir {
-            path: file.clone(),
-            source: e,
-        })?;
+                path: file.clone(),
+                source: e,
+            })?;
         writer.checkpointer = Some(checkpoints);
         let handle = std::thread::Builder::new()
             .name("slipstream-writer".into())
