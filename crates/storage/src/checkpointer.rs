@@ -1,21 +1,23 @@
 //! Checkpoints on a thread of their own.
 //!
 //! A WAL checkpoint copies the pages committed to the WAL back into the database file and
-//! syncs it. Left to SQLite's automatic checkpoint, the writer runs it inside a commit, so every
-//! caller of that commit waits for it: with keys in random order each commit changes about a
-//! thousand pages, and copying them took about a fifth of the writer's time (BENCHMARKS.md).
+//! syncs it. A page changed by several commits between two checkpoints is copied once, so
+//! checkpoints far apart cost less per write. That matters for keys in random order, where each
+//! write changes pages of its own: checkpointing every 10,000 WAL pages instead of 1,000 carried
+//! about two fifths more such writes. But SQLite's automatic checkpoint runs inside the writer's
+//! commit, and every caller of that commit waits for it: at 10,000 pages sequential writes lost
+//! about an eighth and latency tails grew (BENCHMARKS.md).
 //!
-//! Here a second connection runs a passive checkpoint while commits come in, about every
-//! [`CHECKPOINT_PAGES`] of WAL, but at most every 250 ms and at least every 2 s (see [`Pace`]).
-//! A passive checkpoint never blocks the writer: the writer keeps appending to the WAL
-//! while the pages before are copied. Its connection is `synchronous = FULL`, so it syncs the
-//! WAL before copying from it and the database file before it lets the WAL be reused, whatever
-//! the writer's own setting (unsynced marks, see `writer.rs`).
+//! So a second connection runs passive checkpoints while commits come in, about every
+//! [`CHECKPOINT_PAGES`] of WAL (see [`Pace`]). A passive checkpoint never blocks the writer,
+//! which keeps appending to the WAL while the frames before are copied. This connection is
+//! `synchronous = FULL`, so it syncs the WAL before copying from it and the database file before
+//! it lets the WAL be reused, whatever the writer's own setting (unsynced marks, `writer.rs`).
 //!
-//! The WAL starts again from its beginning only when a commit finds it wholly copied, which a
-//! writer that never pauses never does. So the writer keeps an automatic checkpoint as a bound
-//! ([`WAL_BOUND_PAGES`]): past it, the writer's own commit copies what is left (little, as this
-//! thread has copied the rest) and the WAL restarts.
+//! The WAL starts again from its beginning only when a commit finds it wholly copied: after a
+//! round that ended between two commits, or after a checkpoint of the writer's own. So the
+//! writer keeps its automatic checkpoint as a bound ([`WAL_BOUND_PAGES`]): past it, its commit
+//! copies what this thread has not (the frames since its last round) and the WAL restarts.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -27,19 +29,18 @@ use rusqlite::Connection;
 use crate::{Result, WriterStats};
 
 /// How often the checkpointer copies the WAL back while commits come in ([`Pace::DEFAULT`]).
-/// A page changed by several commits between two rounds is copied once, so rounds far apart
-/// cost less per write; but each round syncs the WAL and the database file beside the writer's
-/// own fsyncs, and a bigger one copies more at once. Rounds every 250 ms whatever the WAL held
-/// lengthened p99 at 10,000 sequential writes/s by about a tenth; every 500 ms (with a bound
-/// of 20,000 pages), by half (BENCHMARKS.md). So the wait follows the WAL's growth, aiming at
-/// [`CHECKPOINT_PAGES`] a round.
+/// Each round syncs the WAL and the database file beside the writer's own fsyncs, so rounds
+/// should not be more frequent than the WAL's growth calls for, nor so far apart that one
+/// copies a great deal at once (every 250 ms with an 8,000-page aim and a 20,000-page bound
+/// lengthened p99 at 10,000 writes/s by about two fifths). The wait follows the frames the WAL
+/// held at the last round, aiming at [`CHECKPOINT_PAGES`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pace {
     /// The shortest wait between rounds (random keys at full speed wait this).
     pub(crate) min: Duration,
     /// The longest wait between rounds while commits come in (a trickle of writes).
     pub(crate) max: Duration,
-    /// The WAL pages a round aims to copy.
+    /// The WAL frames (pages) a round aims to find.
     pub(crate) pages: u64,
 }
 
@@ -50,25 +51,25 @@ impl Pace {
         pages: CHECKPOINT_PAGES,
     };
 
-    /// The wait after a round that copied `copied` pages following a wait of `wait`: scaled
-    /// toward [`Pace::pages`] a round, by at most a factor of two each time, within
+    /// The wait after a round that found `frames` in the WAL following a wait of `wait`:
+    /// scaled toward [`Pace::pages`] a round, by at most a factor of two each time, within
     /// [`Pace::min`] and [`Pace::max`].
-    pub(crate) fn next(&self, wait: Duration, copied: u64) -> Duration {
-        let scaled = wait.mul_f64(self.pages as f64 / copied.max(1) as f64);
+    pub(crate) fn next(&self, wait: Duration, frames: u64) -> Duration {
+        let scaled = wait.mul_f64(self.pages as f64 / frames.max(1) as f64);
         scaled
             .clamp(wait / 2, wait * 2)
             .clamp(self.min, self.max.max(self.min))
     }
 }
 
-/// WAL pages the checkpointer aims to copy a round: what the writer's own automatic checkpoint
+/// WAL pages the checkpointer aims to find a round: what the writer's own automatic checkpoint
 /// copied before there was a checkpointer (SQLite's default is 1,000).
 pub const CHECKPOINT_PAGES: u64 = 3_000;
 
 /// WAL pages past which the writer checkpoints itself (see the module's comment), about
 /// 40 MiB. The WAL file grows past it, as a commit adds up to a few thousand pages and the
 /// writer's checkpoint gives way to one of this thread's in progress: with random keys at full
-/// speed it settled at about 65 MiB.
+/// speed it settled at about 65 MiB. SQLite never shrinks the file; it is reused.
 pub const WAL_BOUND_PAGES: u32 = 10_000;
 
 /// The running checkpointer. [`Checkpointer::stop`] ends it; dropping it ends it too.
@@ -117,7 +118,6 @@ impl Drop for Checkpointer {
 fn run(conn: &Connection, stopped: &mpsc::Receiver<()>, stats: &WriterStats, pace: Pace) {
     // Commits counted before the thread ran count too.
     let mut seen = 0;
-    let mut copied_before = 0;
     let mut wait = pace.min;
     loop {
         match stopped.recv_timeout(wait) {
@@ -126,12 +126,7 @@ fn run(conn: &Connection, stopped: &mpsc::Receiver<()>, stats: &WriterStats, pac
         }
         match round(conn, stats, &mut seen) {
             Ok(None) => {}
-            Ok(Some(copied)) => {
-                // The count of frames copied starts again when the WAL does.
-                let new = copied.checked_sub(copied_before).unwrap_or(copied);
-                copied_before = copied;
-                wait = pace.next(wait, new);
-            }
+            Ok(Some(frames)) => wait = pace.next(wait, frames),
             // The next round tries again; the writer's bound keeps the WAL from growing on.
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
@@ -139,15 +134,17 @@ fn run(conn: &Connection, stopped: &mpsc::Receiver<()>, stats: &WriterStats, pac
 }
 
 /// One round: a passive checkpoint if the writer committed since the last round (`seen`).
-/// Returns the WAL frames copied so far since the WAL last started again, if it checkpointed.
+/// Returns the frames the WAL held, if it checkpointed: what it grew by since the last round
+/// when the WAL started again in between, and more (frames already copied) when it did not,
+/// which only shortens the next wait.
 fn round(conn: &Connection, stats: &WriterStats, seen: &mut u64) -> Result<Option<u64>> {
     let commits = stats.commits.load(Ordering::Relaxed);
     if commits == *seen {
         return Ok(None);
     }
     *seen = commits;
-    let copied: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(2))?;
-    Ok(Some(copied.max(0) as u64))
+    let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
+    Ok(Some(frames.max(0) as u64))
 }
 
 #[cfg(test)]
@@ -188,9 +185,9 @@ mod tests {
         assert!(file_len(&file) < 64 * 1024, "still only in the WAL");
 
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        let copied = round(&conn, &stats, &mut seen).unwrap().unwrap();
+        let frames = round(&conn, &stats, &mut seen).unwrap().unwrap();
         // 16 rows of 64 KiB: 16 pages each, and a few more for the table.
-        assert!(copied >= 16 * 16, "{copied} frames");
+        assert!(frames >= 16 * 16, "{frames} frames");
         assert!(
             file_len(&file) > 1024 * 1024,
             "copied into the database file"
@@ -228,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn the_wait_follows_the_pages_a_round_copied() {
+    fn the_wait_follows_the_frames_a_round_found() {
         let pace = Pace::DEFAULT;
         let ms = Duration::from_millis;
         // On target: the same wait.
@@ -239,7 +236,8 @@ mod tests {
         // Three times the target: a third of the wait, but not under the minimum.
         assert_eq!(pace.next(ms(600), pace.pages * 3), ms(300));
         assert_eq!(pace.next(ms(300), pace.pages * 3), pace.min);
-        // Nothing copied (a round that found the WAL copied already): longer, up to the maximum.
+        // An empty WAL (started again, and only marks committed since): longer, up to the
+        // maximum.
         assert_eq!(pace.next(pace.max, 0), pace.max);
     }
 }
