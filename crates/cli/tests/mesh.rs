@@ -105,6 +105,42 @@ async fn a_node_killed_mid_stream_catches_up_after_restart() {
     assert_eq!(dlq["deadLetters"], json!([]));
 }
 
+/// A node killed after its checkpointer copied part of the WAL into the database file, with
+/// acknowledged writes still only in the WAL beyond that part, holds every write after restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_after_a_checkpoint_keeps_every_acknowledged_write() {
+    let mut a = start(NodeOptions::default());
+    let db = a.data_dir().join("slipstream.db");
+    let file_len = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+    let before = file_len();
+    let first = writes("ckpt", 0..300);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    for chunk in first.chunks(100) {
+        app.publish(chunk).await.unwrap();
+    }
+    // Until the checkpointer's first round, everything since the start is only in the WAL.
+    eventually(
+        "a checkpoint copies the WAL into the database file",
+        LONG,
+        || async {
+            match file_len() {
+                n if n > before => Ok(()),
+                n => Err(format!("database file {n} bytes, {before} at the start")),
+            }
+        },
+    )
+    .await;
+    let second = writes("ckpt", 300..600);
+    for chunk in second.chunks(100) {
+        app.publish(chunk).await.unwrap();
+    }
+    a.kill();
+    a.restart().unwrap();
+    a.wait_has_all(&first).await;
+    a.wait_has_all(&second).await;
+    assert_eq!(a.status().await.unwrap()["journalMessages"], 600);
+}
+
 /// An origin killed while it holds the delivery rows of acknowledged writes in memory (its
 /// peer is down, and rows are held for ten minutes here) writes them again from its journal
 /// when it starts, and the peer gets every write once it is back.
