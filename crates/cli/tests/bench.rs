@@ -7,7 +7,8 @@ use std::process::Command;
 use serde_json::Value;
 use slipstream_testkit::{NodeOptions, TestNode};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
+mod common;
+use common::BIN;
 
 /// Runs the bench with `args` and `--json`; returns its exit code, report and stderr.
 fn bench<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (Option<i32>, Value, String) {

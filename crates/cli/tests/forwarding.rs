@@ -2,16 +2,10 @@
 //! itself), and a link that goes down is routed around through a relay without losing a
 //! write. Real node processes, real TCP, a real proxy whose link is cut.
 
-use std::time::Duration;
-
 use slipstream_testkit::{eventually, writes, NodeOptions, TcpProxy, TestNode, WsClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
-const LONG: Duration = Duration::from_secs(60);
-
-fn start(opts: NodeOptions) -> TestNode {
-    TestNode::start(BIN, opts).expect("node starts")
-}
+mod common;
+use common::{start, LONG};
 
 /// Waits until `node` has heard from `peer` that `peer` delivers its own writes to `to`.
 async fn wait_announced(node: &TestNode, peer: &TestNode, to: &TestNode) {

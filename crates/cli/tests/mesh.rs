@@ -6,12 +6,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use slipstream_testkit::{eventually, NodeOptions, TestNode, WsClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
-const LONG: Duration = Duration::from_secs(60);
-
-fn start(opts: NodeOptions) -> TestNode {
-    TestNode::start(BIN, opts).expect("node starts")
-}
+mod common;
+use common::{start, BIN, LONG};
 
 /// Three nodes, every pair linked once (each dials the ones started before it).
 async fn full_mesh(env: &[(&str, &str)]) -> (TestNode, TestNode, TestNode) {

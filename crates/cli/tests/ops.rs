@@ -5,12 +5,8 @@ use std::time::Duration;
 use serde_json::json;
 use slipstream_testkit::{eventually, writes, NodeOptions, TestNode, WsClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
-const LONG: Duration = Duration::from_secs(60);
-
-fn start(opts: NodeOptions) -> TestNode {
-    TestNode::start(BIN, opts).expect("node starts")
-}
+mod common;
+use common::{start, BIN, LONG};
 
 async fn metrics_text(n: &TestNode) -> String {
     let (status, text) = slipstream_node::http::client::request(

@@ -7,8 +7,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use slipstream_testkit::{eventually, NodeOptions, RedisServer, TestNode, WsClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
-const LONG: Duration = Duration::from_secs(60);
+mod common;
+use common::{BIN, LONG};
+
 const PREFIX: &str = "slipstream:";
 
 fn with_redis(opts: NodeOptions, redis: &RedisServer) -> TestNode {

@@ -8,12 +8,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use slipstream_testkit::{eventually, NodeOptions, TestNode, TestPki, WsClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_slipstream");
-const LONG: Duration = Duration::from_secs(60);
-
-fn start(opts: NodeOptions) -> TestNode {
-    TestNode::start(BIN, opts).expect("node starts")
-}
+mod common;
+use common::{start, LONG};
 
 fn tls_server(pki: &TestPki) -> NodeOptions {
     NodeOptions::default()
