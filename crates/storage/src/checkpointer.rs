@@ -38,7 +38,7 @@ use crate::{Result, WriterStats};
 pub(crate) struct Pace {
     /// The shortest wait between rounds (random keys at full speed wait this).
     pub(crate) min: Duration,
-    /// The longest wait between rounds while commits come in (a trickle of writes).
+    /// The longest wait between rounds (a trickle of writes, or none).
     pub(crate) max: Duration,
     /// The WAL frames (pages) a round aims to find.
     pub(crate) pages: u64,
@@ -125,7 +125,8 @@ fn run(conn: &Connection, stopped: &mpsc::Receiver<()>, stats: &WriterStats, pac
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
         match round(conn, stats, &mut seen) {
-            Ok(None) => {}
+            // Nothing committed: an idle node wakes less and less often, up to the maximum.
+            Ok(None) => wait = pace.next(wait, 0),
             Ok(Some(frames)) => wait = pace.next(wait, frames),
             // The next round tries again; the writer's bound keeps the WAL from growing on.
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
