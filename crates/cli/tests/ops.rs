@@ -66,6 +66,18 @@ async fn metrics_count_known_traffic_and_pass_promtool() {
     assert_eq!(m("slipstream_outbox_pending".into()).await, 0.0);
     assert!(m("slipstream_commit_batch_size_count".into()).await >= 1.0);
     assert!(m("process_resident_memory_bytes".into()).await > 1e6);
+    // The checkpointer's first round after the writes finds them in the WAL.
+    eventually(
+        "a checkpoint round reports the WAL's pages",
+        LONG,
+        || async {
+            match a.metric("slipstream_wal_frames").await {
+                Ok(n) if n > 0.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     assert_eq!(
         b.metric(&format!(
             "slipstream_messages_processed_total{{origin=\"{}\",type=\"SK\"}}",

@@ -915,6 +915,8 @@ impl Node {
                 m.peer_rtt.with_label_values(&peer).set(rtt / 1000.0);
             }
         }
+        let wal = self.storage.stats().wal_frames.load(Ordering::Relaxed);
+        m.wal_frames.set(i64::try_from(wal).unwrap_or(i64::MAX));
         m.uptime.set(self.started.elapsed().as_secs_f64());
     }
 }

@@ -145,7 +145,9 @@ fn round(conn: &Connection, stats: &WriterStats, seen: &mut u64) -> Result<Optio
     }
     *seen = commits;
     let frames: i64 = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))?;
-    Ok(Some(frames.max(0) as u64))
+    let frames = frames.max(0) as u64;
+    stats.wal_frames.store(frames, Ordering::Relaxed);
+    Ok(Some(frames))
 }
 
 #[cfg(test)]
@@ -189,6 +191,11 @@ mod tests {
         let frames = round(&conn, &stats, &mut seen).unwrap().unwrap();
         // 16 rows of 64 KiB: 16 pages each, and a few more for the table.
         assert!(frames >= 16 * 16, "{frames} frames");
+        assert_eq!(
+            stats.wal_frames.load(Ordering::Relaxed),
+            frames,
+            "for the metric"
+        );
         assert!(
             file_len(&file) > 1024 * 1024,
             "copied into the database file"

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     pub replication_latency: Histogram,
     pub commit_batch: Histogram,
+    pub wal_frames: IntGauge,
     pub uptime: Gauge,
     pub refused: IntCounterVec,
     pub frames_sent: IntCounter,
@@ -153,6 +154,11 @@ impl Metrics {
             ),
             frames_sent: counter("slipstream_frames_sent_total", "Frames of messages sent to peers"),
             bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
+            wal_frames: IntGauge::new(
+                "slipstream_wal_frames",
+                "Pages the SQLite WAL held at the last checkpoint round, not yet in the database file then",
+            )
+            .expect("valid metric"),
             uptime: Gauge::new(
                 "slipstream_uptime_seconds",
                 "Seconds since this node started",
@@ -179,6 +185,7 @@ impl Metrics {
         register(Box::new(m.circuit_open.clone()));
         register(Box::new(m.replication_latency.clone()));
         register(Box::new(m.commit_batch.clone()));
+        register(Box::new(m.wal_frames.clone()));
         register(Box::new(m.uptime.clone()));
         register(Box::new(m.refused.clone()));
         register(Box::new(m.frames_sent.clone()));
