@@ -177,9 +177,9 @@ pub struct PeerCounts {
 pub struct WriterStats {
     pub commits: std::sync::atomic::AtomicU64,
     pub ops: std::sync::atomic::AtomicU64,
-    /// Frames the WAL held at the checkpointer's last round (`checkpointer.rs`): what the
-    /// database file lacked then. It stays large only if checkpoints cannot keep up, for
-    /// example behind a read that holds an old snapshot.
+    /// Frames the WAL held at the checkpointer's last round (`checkpointer.rs`). It stays
+    /// large only if checkpoints cannot keep up, for example behind a read that holds an old
+    /// snapshot, so the WAL cannot start again.
     pub wal_frames: std::sync::atomic::AtomicU64,
 }
 

@@ -156,7 +156,7 @@ impl Metrics {
             bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
             wal_frames: IntGauge::new(
                 "slipstream_wal_frames",
-                "Pages the SQLite WAL held at the last checkpoint round, not yet in the database file then",
+                "Pages (frames) the SQLite WAL held at the checkpointer's last round",
             )
             .expect("valid metric"),
             uptime: Gauge::new(
