@@ -116,24 +116,26 @@ impl KeyOrder {
     /// the closing quote).
     fn index(self, text: &str) -> Option<(usize, usize)> {
         let b = text.as_bytes();
-        match self {
-            KeyOrder::Sequential => {
-                let digits = b.iter().take_while(|c| c.is_ascii_digit()).count();
-                (digits > 0 && b.get(digits) == Some(&b'"'))
-                    .then(|| Some((text[..digits].parse().ok()?, digits)))
-                    .flatten()
-            }
-            KeyOrder::Random => {
-                let hex = b.get(..16)?;
-                let ok = hex.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-                (ok && b.get(16) == Some(&b'"'))
-                    .then(|| {
-                        let v = u64::from_str_radix(&text[..16], 16).ok()?;
-                        Some((v.wrapping_mul(UNSPREAD) as usize, 16))
-                    })
-                    .flatten()
-            }
+        let len = match self {
+            KeyOrder::Sequential => b.iter().take_while(|c| c.is_ascii_digit()).count(),
+            KeyOrder::Random => b
+                .get(..16)?
+                .iter()
+                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+                .then_some(16)?,
+        };
+        if len == 0 || b.get(len) != Some(&b'"') {
+            return None;
         }
+        let index = match self {
+            KeyOrder::Sequential => text[..len].parse().ok()?,
+            KeyOrder::Random => {
+                (u64::from_str_radix(&text[..len], 16)
+                    .ok()?
+                    .wrapping_mul(UNSPREAD)) as usize
+            }
+        };
+        Some((index, len))
     }
 }
 
@@ -778,7 +780,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "nodes": urls.len(),
         "messages": n,
         "valueSize": args.value_size,
-        "keys": format!("{:?}", args.keys).to_lowercase(),
+        "keys": args.keys.to_possible_value().map(|v| v.get_name().to_owned()),
         "window": args.window,
         "batch": args.batch,
         "rate": args.rate,
