@@ -64,15 +64,15 @@ impl Pace {
 
 /// WAL pages the checkpointer aims to find a round: what the writer's own automatic checkpoint
 /// copied before there was a checkpointer (SQLite's default is 1,000).
-pub const CHECKPOINT_PAGES: u64 = 3_000;
+pub(crate) const CHECKPOINT_PAGES: u64 = 3_000;
 
 /// WAL pages past which the writer checkpoints itself (see the module's comment), about
 /// 40 MiB. The WAL file grows past it, as a commit adds up to a few thousand pages and the
 /// writer's checkpoint gives way to one of this thread's in progress: with random keys at full
 /// speed it settled at about 65 MiB. SQLite never shrinks the file; it is reused.
-pub const WAL_BOUND_PAGES: u32 = 10_000;
+pub(crate) const WAL_BOUND_PAGES: u32 = 10_000;
 
-/// The running checkpointer. [`Checkpointer::stop`] ends it; dropping it ends it too.
+/// The running checkpointer. Dropping it ends the thread after the round in progress, if any.
 pub(crate) struct Checkpointer {
     stop: mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -95,23 +95,14 @@ impl Checkpointer {
             thread: Some(thread),
         })
     }
-
-    /// Ends the thread after the checkpoint in progress, if any.
-    pub(crate) fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        let _ = self.stop.send(());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.halt();
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -229,7 +220,7 @@ mod tests {
             );
             std::thread::sleep(every);
         }
-        c.stop();
+        drop(c);
     }
 
     #[test]

@@ -20,8 +20,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
-use checkpointer::{Checkpointer, Pace};
-pub use checkpointer::{CHECKPOINT_PAGES, WAL_BOUND_PAGES};
+use checkpointer::{Checkpointer, Pace, WAL_BOUND_PAGES};
 pub use held::{PeerHeld, HOLD_FOR, MAX_HELD};
 pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
@@ -770,7 +769,7 @@ fn open_conn(file: &Path) -> Result<Connection> {
 /// [`WAL_BOUND_PAGES`] (the checkpointer thread copies the WAL back before that).
 pub(crate) fn open_writer_conn(file: &Path) -> Result<Connection> {
     let conn = open_conn(file)?;
-    writer::checkpoint_every(&conn, WAL_BOUND_PAGES)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_BOUND_PAGES)?;
     Ok(conn)
 }
 

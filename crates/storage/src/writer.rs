@@ -56,7 +56,8 @@ pub(crate) struct Writer {
     hold: bool,
     /// Commits failed in a row (for the wait before the next try).
     failures: u32,
-    /// The thread that copies the WAL back (see `checkpointer.rs`); stopped with the writer.
+    /// The thread that copies the WAL back (see `checkpointer.rs`); it ends when the writer is
+    /// dropped.
     pub(crate) checkpointer: Option<crate::checkpointer::Checkpointer>,
 }
 
@@ -133,9 +134,6 @@ impl Writer {
                 let (reply, _) = oneshot::channel();
                 deferred.push(WriterOp::WriteHeld(None, reply));
                 self.commit_batch(&mut deferred);
-                if let Some(c) = self.checkpointer.take() {
-                    c.stop();
-                }
                 // Close synced, so SQLite's closing checkpoint syncs the database file.
                 let _ = self.set_synced(true);
                 break;
@@ -323,12 +321,6 @@ impl Writer {
         self.synced = synced;
         Ok(())
     }
-}
-
-/// Sets the WAL pages after which a commit checkpoints ([`crate::WAL_BOUND_PAGES`]; 0: none).
-pub(crate) fn checkpoint_every(conn: &Connection, pages: u32) -> Result<()> {
-    conn.pragma_update(None, "wal_autocheckpoint", pages)?;
-    Ok(())
 }
 
 /// Runs a batch's operations inside its transaction: held rows that must be in the outbox
