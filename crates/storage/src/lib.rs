@@ -514,14 +514,37 @@ impl Storage {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<Outgoing>> {
+        self.open_deliveries_within(peer, after_seq, limit, usize::MAX)
+            .await
+    }
+
+    /// Open rows for a peer after `after_seq`, in send order: at most `limit` rows, and no
+    /// more once their bodies reach `max_bytes` (the row that reaches it is the last). Fewer
+    /// than `limit` rows with fewer than `max_bytes` bytes means the outbox holds no more.
+    pub async fn open_deliveries_within(
+        &self,
+        peer: &str,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Outgoing>> {
         self.write_held(Some(peer)).await?;
         let peer = peer.to_owned();
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "{OUTGOING} WHERE d.peer = ?1 AND d.seq > ?2 AND d.state IN ('pending', 'sent') ORDER BY d.seq LIMIT ?3"
             ))?;
-            let rows = st.query_map(params![peer, after_seq, limit as i64], outgoing_row)?;
-            rows.map(|r| finish_outgoing(r?)).collect()
+            let mut out = Vec::new();
+            let mut bytes = 0;
+            for row in st.query_map(params![peer, after_seq, limit as i64], outgoing_row)? {
+                let row = finish_outgoing(row?)?;
+                bytes += row.body.len();
+                out.push(row);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(out)
         })
         .await
     }

@@ -167,6 +167,51 @@ async fn embedded_store_keeps_the_last_writer_by_hlc_then_origin() {
 }
 
 #[tokio::test]
+async fn an_outbox_read_stops_at_its_row_limit_or_once_its_bytes_are_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    for i in 0..10 {
+        s.record(rec(&format!("m{i}"), "k", "v", i, "a", &["b"]))
+            .await
+            .unwrap();
+    }
+    let ids = |rows: Vec<Outgoing>| {
+        rows.iter()
+            .map(|o| o.message_id.to_string())
+            .collect::<Vec<_>>()
+    };
+    let all = s.open_deliveries("b", 0, 100).await.unwrap();
+    let body = all[0].body.len();
+    assert!(
+        all.iter().all(|o| o.body.len() == body),
+        "the bodies are alike"
+    );
+    assert_eq!(
+        ids(s
+            .open_deliveries_within("b", 0, 4, usize::MAX)
+            .await
+            .unwrap()),
+        ["m0", "m1", "m2", "m3"]
+    );
+    // The row that reaches the byte bound is the last one read.
+    assert_eq!(
+        ids(s
+            .open_deliveries_within("b", 0, 100, 2 * body + 1)
+            .await
+            .unwrap()),
+        ["m0", "m1", "m2"]
+    );
+    assert_eq!(
+        ids(s
+            .open_deliveries_within("b", all[7].seq, 100, 3 * body)
+            .await
+            .unwrap()),
+        ["m8", "m9"],
+        "after a cursor, fewer rows than either bound: the outbox holds no more"
+    );
+}
+
+#[tokio::test]
 async fn delivery_rows_move_through_their_states_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path());
