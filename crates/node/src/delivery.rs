@@ -33,6 +33,13 @@ const MAX_FRAME_ROWS: usize = 256;
 /// those rows back cost the origin about a tenth of its CPU, and holding 4,096 costs about
 /// 2 MiB per peer at 100-byte values.
 const LIVE_ROWS: usize = 4096;
+/// Most bytes of row bodies a task holds in memory, live or read ahead (large values).
+const HELD_BYTES: usize = 4 << 20;
+/// Rows one outbox read takes ahead of sending them. Every read first has the writer write
+/// the peer's held rows, a round trip through its queue that lasts a commit: reading one
+/// frame at a time, a peer that fell behind under full load got about 256 rows per commit,
+/// fewer than the origin committed, and never caught up until the writes stopped.
+const READ_AHEAD: usize = LIVE_ROWS;
 
 /// The connection a delivery task writes to.
 #[derive(Clone, Debug)]
@@ -76,11 +83,14 @@ pub struct DeliveryTask {
     resend: BTreeSet<i64>,
     /// In-flight rows by message id, to settle them from ACKs (which name ids).
     by_id: HashMap<Arc<str>, Seqs>,
-    /// Whether the outbox may hold rows past the cursor.
+    /// Whether the outbox may hold rows past the cursor and `queued`.
     more: bool,
-    /// Rows committed after the cursor, handed over by the writer: while the task has no
-    /// backlog (`more` is false) it sends these instead of reading them back.
-    live: VecDeque<Outgoing>,
+    /// The rows right after the cursor, in seq order, to send next: read ahead from the
+    /// outbox, or handed over by the writer as they commit while the task has no backlog
+    /// (`more` is false), so they need not be read back.
+    queued: VecDeque<Outgoing>,
+    /// Bytes of the bodies in `queued`.
+    queued_bytes: usize,
     /// No later than the earliest in-flight deadline (it may be earlier, after ACKs removed
     /// rows; the timeout then finds nothing expired and recomputes it).
     next_deadline: Option<Instant>,
@@ -147,7 +157,8 @@ impl DeliveryTask {
             resend: BTreeSet::new(),
             by_id: HashMap::new(),
             more: true,
-            live: VecDeque::new(),
+            queued: VecDeque::new(),
+            queued_bytes: 0,
             next_deadline: None,
             next_handoff: None,
             handoff_cursor: 0,
@@ -186,7 +197,7 @@ impl DeliveryTask {
         let waiting = if self.more {
             usize::MAX
         } else {
-            self.live.len()
+            self.queued.len()
         };
         let room = window.saturating_sub(self.inflight.len());
         waiting > 0 && room > 0 && room >= waiting.min(MAX_FRAME_ROWS).min(window / 4)
@@ -271,17 +282,22 @@ impl DeliveryTask {
         }
     }
 
-    /// The outbox may hold rows past the cursor: read them from there, in order. Rows handed
-    /// over live would come again from that read, so they are dropped.
+    /// The outbox may hold rows past the cursor: read them from there, in order. Rows queued
+    /// would come again from that read, so they are dropped.
     fn read_outbox(&mut self) {
         self.missed.store(false, Ordering::Release);
         self.more = true;
-        self.live.clear();
+        self.clear_queued();
+    }
+
+    fn clear_queued(&mut self) {
+        self.queued.clear();
+        self.queued_bytes = 0;
     }
 
     /// Rows just committed. Taken only when the task is caught up with its outbox (every
-    /// committed row up to the cursor was read) and a connection is up; then rows after the
-    /// cursor are exactly these, in order. Otherwise the outbox read will find them.
+    /// committed row up to the last one queued was read) and a connection is up; then the
+    /// rows after those are exactly these, in order. Otherwise the outbox read will find them.
     fn on_live(&mut self, rows: Vec<Outgoing>) {
         // Rows dropped on the way (a full queue) come before these: taking these would move
         // the cursor past them, so the outbox is read instead, from the cursor on.
@@ -291,16 +307,20 @@ impl DeliveryTask {
         if self.more || self.active.is_none() {
             return;
         }
-        let last = self.live.back().map_or(self.cursor, |r| r.seq);
-        self.live.extend(rows.into_iter().filter(|r| r.seq > last));
-        if self.live.len() > LIVE_ROWS {
-            // Falling behind: read from the database instead of holding more in memory.
-            self.read_outbox();
+        let last = self.queued.back().map_or(self.cursor, |r| r.seq);
+        for row in rows.into_iter().filter(|r| r.seq > last) {
+            self.queued_bytes += row.body.len();
+            self.queued.push_back(row);
+        }
+        if self.queued.len() > LIVE_ROWS || self.queued_bytes > HELD_BYTES {
+            // Falling behind: what commits next is read from the database once the queued
+            // rows are sent, instead of held in memory.
+            self.more = true;
         }
     }
 
     fn restart_from_outbox(&mut self) {
-        self.live.clear();
+        self.clear_queued();
         self.cursor = 0;
         self.inflight.clear();
         self.resend.clear();
@@ -354,22 +374,29 @@ impl DeliveryTask {
             .delivery_window
             .saturating_sub(self.inflight.len())
             .min(MAX_FRAME_ROWS);
-        if !self.more {
-            let n = room.min(self.live.len());
-            return Some((self.live.drain(..n).collect(), false));
-        }
-        match storage.open_deliveries(&self.peer, self.cursor, room).await {
-            Ok(rows) => {
-                if rows.len() < room {
-                    self.more = false;
+        if self.queued.is_empty() && self.more {
+            match storage
+                .open_deliveries_within(&self.peer, self.cursor, READ_AHEAD, HELD_BYTES)
+                .await
+            {
+                Ok(rows) => {
+                    let bytes = rows.iter().map(|r| r.body.len()).sum();
+                    if rows.len() < READ_AHEAD && bytes < HELD_BYTES {
+                        self.more = false;
+                    }
+                    self.queued = rows.into();
+                    self.queued_bytes = bytes;
                 }
-                Some((rows, false))
-            }
-            Err(e) => {
-                telemetry::storage_failed(&self.node, "read outbox", &e);
-                None
+                Err(e) => {
+                    telemetry::storage_failed(&self.node, "read outbox", &e);
+                    return None;
+                }
             }
         }
+        let n = room.min(self.queued.len());
+        let rows: Vec<Outgoing> = self.queued.drain(..n).collect();
+        self.queued_bytes -= rows.iter().map(|r| r.body.len()).sum::<usize>();
+        Some((rows, false))
     }
 
     async fn send_batch(&mut self, permit: mpsc::OwnedPermit<String>) {
@@ -384,11 +411,15 @@ impl DeliveryTask {
         // A frame stays under the receiver's frame limit: rows past it wait for the next frame.
         let budget = self.node.cfg.limits.max_frame_bytes;
         let mut bytes = 2;
-        for row in rows {
+        let mut rows = rows.into_iter();
+        while let Some(row) = rows.next() {
             if !bodies.is_empty() && bytes + row.body.len() + 1 > budget {
                 if !resending {
-                    // The rest is read again from the cursor on.
-                    self.read_outbox();
+                    // The rest goes first in the next frame (rows to resend stay listed).
+                    for row in std::iter::once(row).chain(rows).rev() {
+                        self.queued_bytes += row.body.len();
+                        self.queued.push_front(row);
+                    }
                 }
                 break;
             }
