@@ -159,6 +159,52 @@ async fn an_origin_killed_with_delivery_rows_in_memory_still_delivers_every_writ
     a.wait_drained().await;
 }
 
+/// A peer that stalls under a stream of writes (SIGSTOP: its connection stays up, it just
+/// answers nothing) falls tens of thousands of writes behind, which its origin then reads back
+/// from the outbox. It catches up while the writes go on, not only once they stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stalled_under_load_catches_up_while_the_writes_go_on() {
+    const FRAME: usize = 1000;
+    let a = start(NodeOptions::default());
+    let b = start(NodeOptions::dialing(&[&a]));
+    a.wait_connected(1).await;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let behind = || async {
+        a.peer_status(&b.id).await.unwrap().expect("b is known")["pending"]
+            .as_u64()
+            .expect("pending is a count")
+    };
+    b.pause().unwrap();
+    let mut sent = 0;
+    for _ in 0..30 {
+        app.publish(&writes("stall", sent..sent + FRAME))
+            .await
+            .unwrap();
+        sent += FRAME;
+    }
+    b.resume().unwrap();
+    let most = behind().await;
+    assert!(most >= 20_000, "b fell behind while stalled: {most}");
+    // Keep writing, a frame at a time, until b is within two frames of the stream.
+    let mut now = most;
+    for _ in 0..500 {
+        app.publish(&writes("stall", sent..sent + FRAME))
+            .await
+            .unwrap();
+        sent += FRAME;
+        now = behind().await;
+        if now < 2 * FRAME as u64 {
+            break;
+        }
+    }
+    assert!(
+        now < 2 * FRAME as u64,
+        "b was still {now} behind ({most} when it resumed) after {sent} writes"
+    );
+    b.wait_has_all(&writes("stall", sent - FRAME..sent)).await;
+    a.wait_drained().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_down_longer_than_the_republish_window_gets_everything_and_nothing_dies() {
     let a = start(NodeOptions::default());

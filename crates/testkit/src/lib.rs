@@ -178,6 +178,31 @@ impl TestNode {
         Ok(c.wait()?.code())
     }
 
+    /// Freezes the process with SIGSTOP: its connections stay open but it reads, answers and
+    /// acknowledges nothing, as a node stalled by its machine would, until [`TestNode::resume`].
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, which: &str) -> Result<()> {
+        let Some(c) = &self.child else {
+            bail!("not running")
+        };
+        let status = Command::new("kill")
+            .arg(which)
+            .arg(c.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill {which} failed");
+        }
+        Ok(())
+    }
+
     /// Changes how the next `restart` starts the node.
     pub fn set_options(&mut self, opts: NodeOptions) {
         self.opts = opts;
