@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,13 @@ pub struct BenchArgs {
     /// lives in SQLite) and how fast the returning node catches up.
     #[arg(long)]
     catch_up: bool,
+    /// Stall run: once a third of the writes are sent, the last node of the local mesh is
+    /// frozen (SIGSTOP) for this many seconds, its connections left open, as a node stalled by
+    /// its machine would be. Reports how far behind it fell (writes acknowledged at the
+    /// origin that it had not applied yet) and how long after it resumed it was within 4,096
+    /// writes of the origin again while the writes went on.
+    #[arg(long, value_name = "SECONDS")]
+    stall: Option<f64>,
     /// Tokio worker threads of each local node (its TOKIO_WORKER_THREADS; 0: one per core).
     /// Every node of the local mesh shares this machine, and nodes with a worker per core
     /// keep waking each other's idle workers: one each carried about a tenth more writes.
@@ -218,6 +226,96 @@ fn spawn_node(
         ws: format!("ws://{}", field("ws_addr")?),
         http: field("http_addr")?,
     })
+}
+
+/// How close to the origin a node counts as current again after a stall: a healthy node at
+/// full speed trails the origin by 2,000–3,000 writes (a tenth of a second or two).
+const CURRENT_WITHIN: u64 = 4096;
+
+/// A node frozen mid-run (`--stall`), and how far behind the origin it falls meanwhile.
+struct Stall {
+    node: usize,
+    seconds: f64,
+    /// Thaws the node (SIGCONT) when the stall is over; answers with when.
+    thaw: tokio::task::JoinHandle<anyhow::Result<Instant>>,
+    /// Samples how many writes the node is behind the origin, until told to stop.
+    poll: tokio::task::JoinHandle<Vec<(Instant, u64)>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Stall {
+    /// Freezes the last node of the local mesh for `seconds`; `behind` counts the writes
+    /// acknowledged at the origin that the node has not applied yet.
+    fn start(
+        local: &[LocalNode],
+        seconds: f64,
+        behind: impl Fn() -> u64 + Send + 'static,
+    ) -> anyhow::Result<Stall> {
+        let node = local.len();
+        let pid = local[node - 1].child.id();
+        signal(pid, "-STOP")?;
+        let thaw = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+            signal(pid, "-CONT")?;
+            Ok(Instant::now())
+        });
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let poll = tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                samples.push((Instant::now(), behind()));
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+            samples
+        });
+        Ok(Stall {
+            node,
+            seconds,
+            thaw,
+            poll,
+            stop,
+        })
+    }
+
+    /// Called once the last write is sent: the figures up to then (the stall's end is awaited
+    /// first if the writes ended sooner).
+    async fn finish(self) -> anyhow::Result<Value> {
+        let ended = Instant::now();
+        let resumed = self.thaw.await??;
+        let _ = self.stop.send(());
+        let samples: Vec<(Instant, u64)> = self
+            .poll
+            .await?
+            .into_iter()
+            .filter(|(t, _)| *t <= ended)
+            .collect();
+        let within = samples
+            .iter()
+            .find(|(t, behind)| *t >= resumed && *behind <= CURRENT_WITHIN)
+            .map(|(t, _)| t.duration_since(resumed).as_secs_f64());
+        Ok(json!({
+            "node": self.node,
+            "seconds": self.seconds,
+            "mostBehind": samples.iter().map(|s| s.1).max(),
+            "withinWindowAfterSeconds": within,
+            "behindAtLastWrite": samples.last().map(|s| s.1),
+        }))
+    }
+}
+
+/// Sends a signal to a local node (`kill -STOP`, `kill -CONT`).
+fn signal(pid: u32, which: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(which)
+        .arg(pid.to_string())
+        .status()?;
+    if !status.success() {
+        bail!("kill {which} {pid} failed");
+    }
+    Ok(())
 }
 
 /// Per-node CPU seconds and peak RSS (MiB).
@@ -484,6 +582,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        if args.stall.is_some() && (args.catch_up || local.len() < 2) {
+            bail!("--stall needs at least 2 nodes, and no --catch-up");
+        }
         if args.catch_up {
             if local.len() < 2 {
                 bail!("--catch-up needs at least 2 nodes");
@@ -502,8 +603,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             live.iter().map(|n| Some(n.http.clone())).collect(),
         )
     } else {
-        if args.catch_up {
-            bail!("--catch-up needs the local mesh (no --target)");
+        if args.catch_up || args.stall.is_some() {
+            bail!("--catch-up and --stall need the local mesh (no --target)");
         }
         if !args.target_http.is_empty() && args.target_http.len() != args.target.len() {
             bail!(
@@ -525,12 +626,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let value = "x".repeat(args.value_size);
 
     // One watcher per node: the time each write was applied there.
+    // Writes applied so far on each node, and acknowledged at the origin: how far a node is
+    // behind, known here without asking the nodes (a count from `/status` costs the origin a
+    // scan of its outbox).
+    let applied_count: Arc<Vec<AtomicUsize>> =
+        Arc::new(urls.iter().map(|_| AtomicUsize::new(0)).collect());
+    let acked_count = Arc::new(AtomicUsize::new(0));
     let applied: Arc<Vec<Mutex<Vec<Option<Instant>>>>> =
         Arc::new(urls.iter().map(|_| Mutex::new(vec![None; n])).collect());
     let mut watchers = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         let mut ws = app(url).await?;
         let applied = applied.clone();
+        let applied_count = applied_count.clone();
         let prefix = prefix.clone();
         let order = args.keys;
         watchers.push(tokio::spawn(async move {
@@ -548,6 +656,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     if idx < n && slots[idx].is_none() {
                         slots[idx] = Some(now);
                         seen += 1;
+                        applied_count[i].fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -597,6 +706,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window));
     let acker = {
         let in_flight = in_flight.clone();
+        let acked_count = acked_count.clone();
         tokio::spawn(async move {
             let mut acked = 0usize;
             let mut last = Instant::now();
@@ -609,6 +719,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 let count = acked_in(t.as_str())?;
                 if count > 0 {
                     acked += count;
+                    acked_count.fetch_add(count, Ordering::Relaxed);
                     in_flight.add_permits(count);
                     last = Instant::now();
                 }
@@ -620,8 +731,22 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let show = !args.json;
     // The origin's resident memory at every tenth of the writes.
     let mut origin_rss: Vec<f64> = Vec::new();
+    let mut stall: Option<Stall> = None;
     let mut next = 0;
     while next < n {
+        if let (Some(secs), None) = (args.stall, &stall) {
+            if next >= n / 3 {
+                let behind = {
+                    let (acked, applied) = (acked_count.clone(), applied_count.clone());
+                    let last = applied.len() - 1;
+                    move || {
+                        let acked = acked.load(Ordering::Relaxed);
+                        acked.saturating_sub(applied[last].load(Ordering::Relaxed)) as u64
+                    }
+                };
+                stall = Some(Stall::start(&local, secs, behind)?);
+            }
+        }
         let count = args.batch.min(n - next);
         // ACKs free the window; if they stop (the connection closed), say so instead of
         // waiting forever.
@@ -657,6 +782,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let _ = std::io::stderr().flush();
         }
     }
+    let stall = match stall {
+        Some(s) => s.finish().await?,
+        None => Value::Null,
+    };
     let (acked, last_ack) = tokio::time::timeout(Duration::from_secs(120), acker)
         .await
         .map_err(|_| anyhow!("ACKs stopped coming"))???;
@@ -799,6 +928,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "perNode": nodes,
         "clientCpuSeconds": client_cpu,
         "catchUp": catch_up,
+        "stall": stall,
         "everyNodeHoldsEveryWrite": complete,
     });
     if args.json {
@@ -881,6 +1011,17 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 c["originRssMiBWhileBacklogGrew"]
             );
         }
+    }
+    let st = &report["stall"];
+    if show && !st.is_null() {
+        let caught_up = match st["withinWindowAfterSeconds"].as_f64() {
+            Some(secs) => format!("{secs:.1} s after it resumed"),
+            None => "not while the writes went on".into(),
+        };
+        println!(
+                "stall: node {} frozen {} s; at most {} writes behind; within a delivery window again {caught_up}; {} behind when the last write was sent",
+                st["node"], st["seconds"], st["mostBehind"], st["behindAtLastWrite"]
+            );
     }
     if !complete {
         bail!("not every node applied every write: {seen_per_node:?} of {n}");

@@ -72,6 +72,31 @@ fn a_local_mesh_run_reports_every_figure_and_that_every_node_holds_every_write()
     }
 }
 
+#[test]
+fn a_stall_run_freezes_the_last_node_and_reports_how_far_behind_it_fell() {
+    let (code, r, stderr) = bench(&[
+        "--nodes",
+        "2",
+        "--messages",
+        "3000",
+        "--warmup",
+        "0",
+        "--stall",
+        "1",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}\n{r}");
+    let st = &r["stall"];
+    assert_eq!(st["node"], 2, "{r}");
+    assert_eq!(st["seconds"], 1.0, "{r}");
+    number(&st["mostBehind"], "most behind");
+    number(&st["behindAtLastWrite"], "behind at the last write");
+    // The frozen node was let go again: it holds every write.
+    assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
+    let (code, _, stderr) = bench(&["--nodes", "2", "--stall", "1", "--catch-up"]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("--stall"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_against_running_nodes_reads_their_figures_from_their_status_and_metrics() {
     let a = TestNode::start(BIN, NodeOptions::default()).unwrap();
