@@ -33,8 +33,8 @@ const MAX_FRAME_ROWS: usize = 256;
 /// those rows back cost the origin about a tenth of its CPU, and holding 4,096 costs about
 /// 2 MiB per peer at 100-byte values.
 const LIVE_ROWS: usize = 4096;
-/// Most bytes of row bodies a task holds in memory, live or read ahead (large values).
-const HELD_BYTES: usize = 4 << 20;
+/// Most bytes of row bodies a task queues in memory, live or read ahead (for large values).
+const QUEUED_BYTES: usize = 4 << 20;
 /// Rows one outbox read takes ahead of sending them. Every read first has the writer write
 /// the peer's held rows, a round trip through its queue that lasts a commit: reading one
 /// frame at a time, a peer that fell behind under full load got about 256 rows per commit,
@@ -312,7 +312,7 @@ impl DeliveryTask {
             self.queued_bytes += row.body.len();
             self.queued.push_back(row);
         }
-        if self.queued.len() > LIVE_ROWS || self.queued_bytes > HELD_BYTES {
+        if self.queued.len() > LIVE_ROWS || self.queued_bytes > QUEUED_BYTES {
             // Falling behind: what commits next is read from the database once the queued
             // rows are sent, instead of held in memory.
             self.more = true;
@@ -376,12 +376,12 @@ impl DeliveryTask {
             .min(MAX_FRAME_ROWS);
         if self.queued.is_empty() && self.more {
             match storage
-                .open_deliveries_within(&self.peer, self.cursor, READ_AHEAD, HELD_BYTES)
+                .open_deliveries_within(&self.peer, self.cursor, READ_AHEAD, QUEUED_BYTES)
                 .await
             {
                 Ok(rows) => {
                     let bytes = rows.iter().map(|r| r.body.len()).sum();
-                    if rows.len() < READ_AHEAD && bytes < HELD_BYTES {
+                    if rows.len() < READ_AHEAD && bytes < QUEUED_BYTES {
                         self.more = false;
                     }
                     self.queued = rows.into();
