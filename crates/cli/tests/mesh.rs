@@ -159,6 +159,42 @@ async fn an_origin_killed_with_delivery_rows_in_memory_still_delivers_every_writ
     a.wait_drained().await;
 }
 
+/// A backlog whose rows do not fit one frame under the frame limit goes out over as many
+/// frames as the limit needs: every write arrives, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_the_frame_limit_goes_out_in_several_frames() {
+    const LIMIT: (&str, &str) = ("SLIPSTREAM_MAX_FRAME_BYTES", "4096");
+    let a = start(NodeOptions::default().env(LIMIT.0, LIMIT.1));
+    let mut b = start(NodeOptions::dialing(&[&a]).env(LIMIT.0, LIMIT.1));
+    a.wait_connected(1).await;
+    b.kill();
+    a.wait_disconnected_from(&b.id).await;
+    // Three writes of about 1 KiB fill a frame of 4 KiB.
+    let all: Vec<(String, String)> = (0..60)
+        .map(|i| (format!("big:{i}"), format!("{i:0>900}")))
+        .collect();
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    for three in all.chunks(3) {
+        app.publish(three).await.unwrap();
+    }
+    let frames_before = a.metric("slipstream_frames_sent_total").await.unwrap();
+    b.restart().unwrap();
+    b.wait_has_all(&all).await;
+    a.wait_drained().await;
+    let frames = a.metric("slipstream_frames_sent_total").await.unwrap() - frames_before;
+    assert!(
+        frames >= 20.0,
+        "60 writes of 1 KiB in {frames} frames of 4 KiB"
+    );
+    assert_eq!(
+        b.metric("slipstream_messages_dropped_total{reason=\"duplicate\"}")
+            .await
+            .unwrap(),
+        0.0,
+        "no write was sent twice"
+    );
+}
+
 /// A peer that stalls under a stream of writes (SIGSTOP: its connection stays up, it just
 /// answers nothing) falls tens of thousands of writes behind, which its origin then reads back
 /// from the outbox. It catches up while the writes go on, not only once they stop.
