@@ -300,7 +300,7 @@ impl Stall {
             "node": self.node,
             "seconds": self.seconds,
             "mostBehind": samples.iter().map(|s| s.1).max(),
-            "withinWindowAfterSeconds": within,
+            "currentAgainAfterSeconds": within,
             "behindAtLastWrite": samples.last().map(|s| s.1),
         }))
     }
@@ -551,6 +551,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.messages == 0 || args.window == 0 || args.batch == 0 {
         bail!("--messages, --window and --batch must be at least 1");
     }
+    if args.stall.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
+        bail!("--stall takes a number of seconds above 0");
+    }
     if args.target.is_empty() && !args.target_http.is_empty() {
         bail!("--target-http needs --target");
     }
@@ -625,13 +628,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let prefix = format!("bench:{run_id}:");
     let value = "x".repeat(args.value_size);
 
-    // One watcher per node: the time each write was applied there.
     // Writes applied so far on each node, and acknowledged at the origin: how far a node is
     // behind, known here without asking the nodes (a count from `/status` costs the origin a
     // scan of its outbox).
     let applied_count: Arc<Vec<AtomicUsize>> =
         Arc::new(urls.iter().map(|_| AtomicUsize::new(0)).collect());
     let acked_count = Arc::new(AtomicUsize::new(0));
+    // One watcher per node: the time each write was applied there.
     let applied: Arc<Vec<Mutex<Vec<Option<Instant>>>>> =
         Arc::new(urls.iter().map(|_| Mutex::new(vec![None; n])).collect());
     let mut watchers = Vec::new();
@@ -1014,14 +1017,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let st = &report["stall"];
     if show && !st.is_null() {
-        let caught_up = match st["withinWindowAfterSeconds"].as_f64() {
+        let caught_up = match st["currentAgainAfterSeconds"].as_f64() {
             Some(secs) => format!("{secs:.1} s after it resumed"),
             None => "not while the writes went on".into(),
         };
         println!(
-                "stall: node {} frozen {} s; at most {} writes behind; within a delivery window again {caught_up}; {} behind when the last write was sent",
-                st["node"], st["seconds"], st["mostBehind"], st["behindAtLastWrite"]
-            );
+            "stall: node {} frozen {} s; at most {} writes behind; within {CURRENT_WITHIN} writes of the origin again {caught_up}; {} behind when the last write was sent",
+            st["node"], st["seconds"], st["mostBehind"], st["behindAtLastWrite"]
+        );
     }
     if !complete {
         bail!("not every node applied every write: {seen_per_node:?} of {n}");

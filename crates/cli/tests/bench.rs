@@ -92,9 +92,15 @@ fn a_stall_run_freezes_the_last_node_and_reports_how_far_behind_it_fell() {
     number(&st["behindAtLastWrite"], "behind at the last write");
     // The frozen node was let go again: it holds every write.
     assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
-    let (code, _, stderr) = bench(&["--nodes", "2", "--stall", "1", "--catch-up"]);
-    assert_ne!(code, Some(0));
-    assert!(stderr.contains("--stall"), "{stderr}");
+    for wrong in [
+        &["--nodes", "2", "--stall", "1", "--catch-up"][..],
+        &["--nodes", "2", "--stall", "0"],
+        &["--nodes", "2", "--stall", "NaN"],
+    ] {
+        let (code, _, stderr) = bench(wrong);
+        assert_ne!(code, Some(0), "{wrong:?}");
+        assert!(stderr.contains("--stall"), "{wrong:?}: {stderr}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
