@@ -165,16 +165,8 @@ impl TestNode {
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub fn terminate(&mut self) -> Result<Option<i32>> {
-        let Some(mut c) = self.child.take() else {
-            bail!("not running")
-        };
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
+        self.signal("-TERM")?;
+        let mut c = self.child.take().expect("signalled, so running");
         Ok(c.wait()?.code())
     }
 
