@@ -228,6 +228,10 @@ pub struct Storage {
     /// Delivery rows the writer holds in memory, per peer (see `held.rs`).
     held: held::HeldCounts,
     reader: Arc<Mutex<Connection>>,
+    /// A connection of its own for counts that scan (`/status`, `/metrics`): with a large
+    /// backlog a count takes long enough that, on the reader, it held up the outbox reads that
+    /// serve a peer catching up.
+    monitor: Arc<Mutex<Connection>>,
     path: Arc<PathBuf>,
     instance_id: Arc<str>,
     stats: Arc<WriterStats>,
@@ -288,6 +292,9 @@ impl Storage {
         let mut held = held::Held::open(&conn, held_counts.clone())?;
         held.hold_for = opts.hold_for;
         let reader = open_conn(&file)?;
+        let monitor = open_conn(&file)?;
+        // Counting walks index pages once; a small cache is enough.
+        monitor.pragma_update(None, "cache_size", -512)?;
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let stats = Arc::new(WriterStats::default());
         let mut writer = Writer::new(
@@ -317,6 +324,7 @@ impl Storage {
             tx,
             held: held_counts,
             reader: Arc::new(Mutex::new(reader)),
+            monitor: Arc::new(Mutex::new(monitor)),
             path: Arc::new(file),
             instance_id: id.into(),
             stats,
@@ -481,7 +489,21 @@ impl Storage {
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let reader = self.reader.clone();
+        Self::read_on(self.reader.clone(), f).await
+    }
+
+    /// A read on the monitoring connection (counts for `/status` and `/metrics`).
+    async fn count<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        Self::read_on(self.monitor.clone(), f).await
+    }
+
+    async fn read_on<T: Send + 'static>(
+        reader: Arc<Mutex<Connection>>,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         tokio::task::spawn_blocking(move || {
             let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
             f(&conn)
@@ -670,7 +692,7 @@ impl Storage {
     /// this stays cheap for metrics scrapes however many rows are retained; counting the
     /// acknowledged rows (`with_acked`) scans the outbox and is for `/status` only.
     pub async fn peer_counts(&self, with_acked: bool) -> Result<Vec<(String, PeerCounts)>> {
-        let mut out = self.read(move |c| {
+        let mut out = self.count(move |c| {
             let mut out: std::collections::BTreeMap<String, PeerCounts> = Default::default();
             let mut count = |sql: &str, set: fn(&mut PeerCounts, &str, u64)| -> Result<()> {
                 let mut st = c.prepare_cached(sql)?;
@@ -735,7 +757,7 @@ impl Storage {
 
     /// How many messages the journal holds.
     pub async fn message_count(&self) -> Result<u64> {
-        self.read(|c| {
+        self.count(|c| {
             Ok(c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))? as u64)
         })
         .await
