@@ -551,8 +551,15 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     if args.messages == 0 || args.window == 0 || args.batch == 0 {
         bail!("--messages, --window and --batch must be at least 1");
     }
-    if args.stall.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
-        bail!("--stall takes a number of seconds above 0");
+    if let Some(secs) = args.stall {
+        if !(secs.is_finite() && secs > 0.0) {
+            bail!("--stall takes a number of seconds above 0");
+        }
+        if args.catch_up || args.nodes < 2 || !args.target.is_empty() {
+            bail!(
+                "--stall needs the local mesh (no --target) of at least 2 nodes, and no --catch-up"
+            );
+        }
     }
     if args.target.is_empty() && !args.target_http.is_empty() {
         bail!("--target-http needs --target");
@@ -585,9 +592,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        if args.stall.is_some() && (args.catch_up || local.len() < 2) {
-            bail!("--stall needs at least 2 nodes, and no --catch-up");
-        }
         if args.catch_up {
             if local.len() < 2 {
                 bail!("--catch-up needs at least 2 nodes");
@@ -606,8 +610,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             live.iter().map(|n| Some(n.http.clone())).collect(),
         )
     } else {
-        if args.catch_up || args.stall.is_some() {
-            bail!("--catch-up and --stall need the local mesh (no --target)");
+        if args.catch_up {
+            bail!("--catch-up needs the local mesh (no --target)");
         }
         if !args.target_http.is_empty() && args.target_http.len() != args.target.len() {
             bail!(

@@ -96,6 +96,8 @@ fn a_stall_run_freezes_the_last_node_and_reports_how_far_behind_it_fell() {
         &["--nodes", "2", "--stall", "1", "--catch-up"][..],
         &["--nodes", "2", "--stall", "0"],
         &["--nodes", "2", "--stall", "NaN"],
+        &["--nodes", "1", "--stall", "1"],
+        &["--target", "ws://never-dialed.invalid", "--stall", "1"],
     ] {
         let (code, _, stderr) = bench(wrong);
         assert_ne!(code, Some(0), "{wrong:?}");

@@ -5,7 +5,8 @@
 //! whatever has queued up into one transaction and one fsync (WAL, `synchronous=FULL`): under
 //! load many messages share a commit, and each caller hears back only after its commit is on
 //! disk, which is when the node may send its ACK. Reads use a separate connection off the async
-//! threads, so they never wait behind a commit.
+//! threads, so they never wait behind a commit; the counts for `/status` and `/metrics` use a
+//! third, and a checkpointer thread a fourth (`checkpointer.rs`).
 
 mod checkpointer;
 mod held;
