@@ -31,8 +31,16 @@ impl Hlc {
 }
 
 impl fmt::Display for Hlc {
+    /// 16 lowercase hex digits, written digit by digit: every write's stamp is written out
+    /// where it is stored and sent, and padded integer formatting (`{:016x}`) took about 800
+    /// instructions a stamp (callgrind).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [0u8; 16];
+        for (i, digit) in text.iter_mut().enumerate() {
+            *digit = DIGITS[((self.0 >> ((15 - i) * 4)) & 0xf) as usize];
+        }
+        f.write_str(std::str::from_utf8(&text).expect("hex digits are ASCII"))
     }
 }
 
@@ -104,6 +112,11 @@ mod tests {
         assert_eq!("0192f3a4b5c60001".parse::<Hlc>().unwrap(), h);
         assert_eq!(h.millis(), 0x0192_f3a4_b5c6);
         assert_eq!(h.logical(), 1);
+        // Every digit, and both ends of the range, against the standard formatting.
+        for v in [0, 1, 0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210, u64::MAX] {
+            assert_eq!(Hlc(v).to_string(), format!("{v:016x}"));
+            assert_eq!(Hlc(v).to_string().parse::<Hlc>().unwrap(), Hlc(v));
+        }
     }
 
     #[test]

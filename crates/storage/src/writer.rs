@@ -6,7 +6,7 @@
 //! savepoints; if one does fail, the transaction is rolled back and the batch runs again with a
 //! savepoint per operation, so only the failing one is answered with its error.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, CachedStatement, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::atomic::Ordering;
@@ -186,20 +186,18 @@ impl Writer {
         let hold = self.hold && !plan.sync_sequence;
         // Fast path: no savepoints. Any error rolls the whole transaction back.
         let fast = synced.and_then(|()| {
-            let tx = self.conn.transaction()?;
-            let out = run_batch(&tx, &ops, &plan, &mut self.held, hold, now, false)?;
-            tx.commit()?;
-            Ok(out)
+            in_transaction(&self.conn, |tx| {
+                run_batch(tx, &ops, &plan, &mut self.held, hold, now, false)
+            })
         });
         // Slow path: a savepoint per operation isolates the failing one.
         let outcome = fast.or_else(|e| {
             if !self.synced && !marks_only {
                 return Err(e);
             }
-            let tx = self.conn.transaction()?;
-            let out = run_batch(&tx, &ops, &plan, &mut self.held, hold, now, true)?;
-            tx.commit()?;
-            Ok(out)
+            in_transaction(&self.conn, |tx| {
+                run_batch(tx, &ops, &plan, &mut self.held, hold, now, true)
+            })
         });
         match outcome {
             Ok((results, watermark)) => {
@@ -323,6 +321,26 @@ impl Writer {
     }
 }
 
+/// Runs `body` in a transaction, committed if it succeeds and rolled back if it or the commit
+/// fails. `BEGIN` and `COMMIT` come from the statement cache: rusqlite's `Transaction` parses
+/// both anew each time. With the watermark's query, also parsed anew before, that parsing was
+/// about a fifth of the writer's instructions for a commit of one write (BENCHMARKS.md).
+fn in_transaction<T>(c: &Connection, body: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    c.prepare_cached("BEGIN")?.execute([])?;
+    let out = body(c).and_then(|out| {
+        c.prepare_cached("COMMIT")?.execute([])?;
+        Ok(out)
+    });
+    // A failed COMMIT may have ended the transaction itself (SQLite rolls back on some
+    // errors); otherwise it is still open.
+    if out.is_err() && !c.is_autocommit() {
+        if let Err(e) = c.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "storage rollback failed");
+        }
+    }
+    out
+}
+
 /// Runs a batch's operations inside its transaction: held rows that must be in the outbox
 /// first, then each operation (each in a savepoint when `isolate`), then the watermark. New
 /// writes' delivery rows get seqs from the held rows' sequence when `hold`.
@@ -340,10 +358,12 @@ fn run_batch(
     }
     held.write(tx, &plan.write, now)?;
     let mut results = Vec::with_capacity(ops.len());
+    let mut hot = Hot::default();
     for op in ops {
         if !isolate {
             results.push(Ok(execute(
                 tx,
+                &mut hot,
                 op,
                 now,
                 hold.then_some(&mut held.next_seq),
@@ -351,7 +371,7 @@ fn run_batch(
             continue;
         }
         tx.execute_batch("SAVEPOINT op")?;
-        let r = execute(tx, op, now, hold.then_some(&mut held.next_seq));
+        let r = execute(tx, &mut hot, op, now, hold.then_some(&mut held.next_seq));
         tx.execute_batch(if r.is_ok() {
             "RELEASE op"
         } else {
@@ -359,6 +379,7 @@ fn run_batch(
         })?;
         results.push(r);
     }
+    drop(hot);
     if plan.sync_sequence {
         held.follow_sequence(tx)?;
     }
@@ -375,9 +396,10 @@ fn run_batch(
         .collect();
     let watermark = match held.watermark_after(plan, &new_msgs) {
         Some(w) => w,
-        None => tx.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
-            r.get(0)
-        })?,
+        // Cached, not parsed anew each commit (see `in_transaction`).
+        None => tx
+            .prepare_cached("SELECT coalesce(max(id), 0) FROM messages")?
+            .query_row([], |r| r.get(0))?,
     };
     held.store_watermark(tx, watermark)?;
     Ok((results, watermark))
@@ -530,11 +552,51 @@ fn reply(op: WriterOp, result: Result<Done>) {
     }
 }
 
+/// The statements every write runs, each taken from rusqlite's statement cache once per
+/// batch instead of once per write. A cache lookup hashes the statement's SQL text, and giving
+/// the statement back clears its bindings and puts it back in the cache's list: together
+/// about a tenth of the writer's instructions per write (`callgrind`, BENCHMARKS.md).
+#[derive(Default)]
+struct Hot<'c> {
+    insert_message: Option<CachedStatement<'c>>,
+    upsert_kv: Option<CachedStatement<'c>>,
+}
+
+/// `slot`'s statement, prepared (or taken from the cache) on first use.
+fn hot_statement<'s, 'c>(
+    slot: &'s mut Option<CachedStatement<'c>>,
+    c: &'c Connection,
+    sql: &str,
+) -> Result<&'s mut CachedStatement<'c>> {
+    if slot.is_none() {
+        *slot = Some(c.prepare_cached(sql)?);
+    }
+    Ok(slot.as_mut().expect("prepared above"))
+}
+
+const INSERT_MESSAGE: &str = "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at, recipients)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+     ON CONFLICT (message_id, cluster_group) DO NOTHING";
+
+const UPSERT_KV: &str =
+    "INSERT INTO kv (key, kind, value, hlc, origin, message_id, updated_at, expires_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
+     ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, value = excluded.value,
+         hlc = excluded.hlc, origin = excluded.origin, message_id = excluded.message_id,
+         updated_at = excluded.updated_at, expires_at = NULL
+     WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)";
+
 /// Runs one operation inside the batch's transaction.
-fn execute(c: &Connection, op: &WriterOp, now: i64, hold: Option<&mut i64>) -> Result<Done> {
+fn execute<'c>(
+    c: &'c Connection,
+    hot: &mut Hot<'c>,
+    op: &WriterOp,
+    now: i64,
+    hold: Option<&mut i64>,
+) -> Result<Done> {
     Ok(match op {
         WriterOp::Record(rec, _) => {
-            let (recorded, msg) = record(c, rec, now, hold)?;
+            let (recorded, msg) = record(c, hot, rec, now, hold)?;
             Done::Recorded(recorded, msg)
         }
         WriterOp::MarkSent(seqs, _) => {
@@ -650,8 +712,9 @@ fn update_each(
 
 /// Records a write; returns what happened and the message's journal row (0 when it was
 /// there already). With `hold` (the next seq), its delivery rows are held, not written.
-fn record(
-    c: &Connection,
+fn record<'c>(
+    c: &'c Connection,
+    hot: &mut Hot<'c>,
     rec: &Record,
     now: i64,
     hold: Option<&mut i64>,
@@ -660,23 +723,17 @@ fn record(
     let recipients = (!rec.recipients.is_empty())
         .then(|| serde_json::to_string(&rec.recipients).expect("strings serialize"));
     let hlc = rec.hlc.to_string();
-    let inserted = c
-        .prepare_cached(
-            "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at, recipients)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (message_id, cluster_group) DO NOTHING",
-        )?
-        .execute(params![
-            rec.message_id,
-            rec.group,
-            rec.msg_type,
-            rec.origin,
-            hlc,
-            path,
-            &*rec.body,
-            now,
-            recipients
-        ])?;
+    let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(params![
+        rec.message_id,
+        rec.group,
+        rec.msg_type,
+        rec.origin,
+        hlc,
+        path,
+        &*rec.body,
+        now,
+        recipients
+    ])?;
     if inserted == 0 {
         return Ok((relay(c, rec, now)?, 0));
     }
@@ -688,7 +745,7 @@ fn record(
                 .execute(params![msg])?;
             false
         }
-        Some(apply) => apply_embedded(c, apply, rec, &hlc, now)?,
+        Some(apply) => apply_embedded(c, hot, apply, rec, &hlc, now)?,
     };
     let mut deliveries = Vec::with_capacity(rec.recipients.len());
     match hold {
@@ -771,8 +828,9 @@ fn relay(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
 }
 
 /// Applies a write to the embedded store; returns whether the store changed.
-fn apply_embedded(
-    c: &Connection,
+fn apply_embedded<'c>(
+    c: &'c Connection,
+    hot: &mut Hot<'c>,
     apply: &Apply,
     rec: &Record,
     hlc: &str,
@@ -791,16 +849,15 @@ fn apply_embedded(
             return Ok(n > 0);
         }
     };
-    let n = c
-        .prepare_cached(
-            "INSERT INTO kv (key, kind, value, hlc, origin, message_id, updated_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)
-             ON CONFLICT (key) DO UPDATE SET kind = excluded.kind, value = excluded.value,
-                 hlc = excluded.hlc, origin = excluded.origin, message_id = excluded.message_id,
-                 updated_at = excluded.updated_at, expires_at = NULL
-             WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)",
-        )?
-        .execute(params![key, kind, value, hlc, rec.origin, rec.message_id, now])?;
+    let n = hot_statement(&mut hot.upsert_kv, c, UPSERT_KV)?.execute(params![
+        key,
+        kind,
+        value,
+        hlc,
+        rec.origin,
+        rec.message_id,
+        now
+    ])?;
     Ok(n > 0)
 }
 
