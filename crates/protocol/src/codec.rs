@@ -448,7 +448,10 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The wire form, borrowed from a [`Message`] for encoding.
+/// The wire form, borrowed from a [`Message`], as serde writes it: the reference the
+/// hand-written encoder ([`Message::encode`]) is checked against, field by field and byte by
+/// byte.
+#[cfg(test)]
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Wire<'a> {
@@ -499,6 +502,7 @@ struct Wire<'a> {
     linked_to: Option<&'a [String]>,
 }
 
+#[cfg(test)]
 #[derive(Serialize)]
 #[serde(untagged)]
 enum WireValue<'a> {
@@ -508,6 +512,7 @@ enum WireValue<'a> {
     Json(&'a Json),
 }
 
+#[cfg(test)]
 impl<'a> From<&'a Message> for Wire<'a> {
     fn from(m: &'a Message) -> Self {
         let env = &m.env;
@@ -581,15 +586,218 @@ impl<'a> From<&'a Message> for Wire<'a> {
 
 impl Message {
     /// The message as one JSON text (a single-message frame).
+    ///
+    /// Written by hand, in the field order and with the bytes serde would write (a test holds
+    /// it to a derived serializer, `Wire`): every write is encoded where it enters the mesh and
+    /// again at each node that records it, and through serde that was about a tenth of a
+    /// replica's instructions per write, mostly escaping field names and growing the output
+    /// (BENCHMARKS.md). Rare fields and values (weighted sets, replies' JSON values) still go
+    /// through serde.
     pub fn encode(&self) -> String {
-        serde_json::to_string(&Wire::from(self)).expect("a message always serializes")
+        let mut out = String::with_capacity(self.encoded_len_hint());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// About the encoded length, so that the output is allocated once.
+    fn encoded_len_hint(&self) -> usize {
+        let env = &self.env;
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + 24);
+        let list = |l: &[String]| l.iter().map(|s| s.len() + 3).sum::<usize>() + 16;
+        let body = match &self.body {
+            Body::Set { key, value } => {
+                key.len()
+                    + 16
+                    + match value {
+                        Value::String(s) => s.len() + 12,
+                        Value::Array(a) => list(a),
+                        Value::Weighted(w) => w.keys().map(|k| k.len() + 24).sum::<usize>() + 12,
+                    }
+            }
+            Body::Ack { message_ids } => list(message_ids) + 16,
+            _ => 64,
+        };
+        48 + body
+            + opt(&env.message_id)
+            + opt(&env.origin_instance_id)
+            + opt(&env.source_instance_id)
+            + opt(&env.cluster_group_id)
+            + list(&env.message_path)
+            + list(&env.targeted_tags)
+            + list(&env.relay_to)
+            + 26
+    }
+
+    fn encode_into(&self, out: &mut String) {
+        let env = &self.env;
+        let mut o = Object::open(out);
+        o.str("type", self.message_type().as_str());
+        o.opt_str("key", self.key());
+        match &self.body {
+            Body::Set { value, .. } => match value {
+                Value::String(s) => o.str("value", s),
+                Value::Array(a) => o.strs("value", a),
+                Value::Weighted(w) => o.serde("value", w),
+            },
+            Body::Res(r) => {
+                if let Some(v) = &r.value {
+                    o.serde("value", v);
+                }
+            }
+            _ => {}
+        }
+        if let Body::Command { command, args } = &self.body {
+            o.str("command", command);
+            o.strs("args", args);
+        }
+        match &self.body {
+            // `messageId` carries the first id for receivers that read only that field.
+            Body::Ack { message_ids } => {
+                o.opt_str("messageId", message_ids.first().map(String::as_str));
+                if message_ids.len() > 1 {
+                    o.strs("messageIds", message_ids);
+                }
+            }
+            _ => o.opt_str("messageId", env.message_id.as_deref()),
+        }
+        o.opt_str("originInstanceId", env.origin_instance_id.as_deref());
+        o.opt_str("sourceInstanceId", env.source_instance_id.as_deref());
+        o.strs("messagePath", &env.message_path);
+        if !env.targeted_tags.is_empty() {
+            o.strs("targetedTags", &env.targeted_tags);
+        }
+        match &self.body {
+            Body::Hello(h) => o.opt_str("clusterGroupId", h.cluster_group_id.as_deref()),
+            _ => o.opt_str("clusterGroupId", env.cluster_group_id.as_deref()),
+        }
+        let hlc = match &self.body {
+            Body::Res(r) => r.hlc,
+            _ => env.hlc,
+        };
+        if let Some(h) = hlc {
+            o.key("hlc");
+            o.out.push('"');
+            o.out.push_str(h.to_text().as_str());
+            o.out.push('"');
+        }
+        if !env.relay_to.is_empty() {
+            o.strs("relayTo", &env.relay_to);
+        }
+        match &self.body {
+            Body::Nack { error } => o.str("error", error),
+            Body::Res(r) => o.opt_str("error", r.error.as_deref()),
+            _ => {}
+        }
+        match &self.body {
+            Body::Res(r) => {
+                o.str("inReplyTo", &r.in_reply_to);
+                o.opt_str("instanceId", r.instance_id.as_deref());
+                o.key("found");
+                o.out.push_str(if r.found { "true" } else { "false" });
+            }
+            Body::Hello(h) => {
+                o.str("instanceId", &h.instance_id);
+                o.strs("tags", &h.tags);
+                o.serde("role", &h.role);
+                o.serde("protocolVersion", &h.protocol_version);
+                if let Some(d) = &h.delivers_to {
+                    o.strs("deliversTo", d);
+                }
+                if let Some(l) = &h.linked_to {
+                    o.strs("linkedTo", l);
+                }
+            }
+            _ => {}
+        }
+        o.close();
+    }
+}
+
+/// A JSON object being written field by field.
+struct Object<'o> {
+    out: &'o mut String,
+    first: bool,
+}
+
+impl<'o> Object<'o> {
+    fn open(out: &'o mut String) -> Self {
+        out.push('{');
+        Object { out, first: true }
+    }
+
+    /// A field's name (none of them needs escaping) and its colon.
+    fn key(&mut self, name: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push('"');
+        self.out.push_str(name);
+        self.out.push_str("\":");
+    }
+
+    fn str(&mut self, name: &str, value: &str) {
+        self.key(name);
+        push_json_str(self.out, value);
+    }
+
+    fn opt_str(&mut self, name: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.str(name, v);
+        }
+    }
+
+    fn strs(&mut self, name: &str, values: &[String]) {
+        self.key(name);
+        self.out.push('[');
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                self.out.push(',');
+            }
+            push_json_str(self.out, v);
+        }
+        self.out.push(']');
+    }
+
+    fn serde<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
+        self.key(name);
+        self.out
+            .push_str(&serde_json::to_string(value).expect("a message always serializes"));
+    }
+
+    fn close(self) {
+        self.out.push('}');
+    }
+}
+
+/// A JSON string, as serde_json writes it. Most strings need no escaping (ids, keys, values
+/// of plain text); they are checked without a branch per byte, so the check vectorizes, and
+/// copied whole. The rest go through serde_json.
+fn push_json_str(out: &mut String, s: &str) {
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20 && b != b'"' && b != b'\\')
+    });
+    if plain {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::to_string(s).expect("strings serialize"));
     }
 }
 
 /// Several messages as one array frame.
 pub fn encode_batch<'a>(messages: impl IntoIterator<Item = &'a Message>) -> String {
-    let wires: Vec<Wire<'a>> = messages.into_iter().map(Wire::from).collect();
-    serde_json::to_string(&wires).expect("a message always serializes")
+    let mut out = String::from("[");
+    for (i, m) in messages.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.reserve(m.encoded_len_hint());
+        m.encode_into(&mut out);
+    }
+    out.push(']');
+    out
 }
 
 /// Frames acknowledging `ids`: one `ACK` per frame, each naming as many ids as the
@@ -637,4 +845,75 @@ pub fn join_encoded<S: AsRef<str>>(encoded: &[S]) -> String {
     }
     out.push(']');
     out
+}
+
+#[cfg(test)]
+mod encode_tests {
+    use super::*;
+
+    /// Messages of every type, with every optional field present and absent, strings that
+    /// need escaping and strings that do not.
+    fn corpus() -> Vec<Message> {
+        let texts = [
+            r#"{"type":"SK","key":"order:123","value":"{...order data...}","messageId":"msg-abc123","originInstanceId":"con-12345","sourceInstanceId":"con-12345","messagePath":["con-12345"],"targetedTags":["aws"],"clusterGroupId":"g","hlc":"0192f3a4b5c60001"}"#,
+            r#"{"type":"SK","key":"k","value":"v"}"#,
+            r#"{"type":"SK","key":"quote\" back\\ tab\t nl\n ctl\u0001 del\u007f é ✓","value":"\"\\\/\b\f\n\r\t\u0000\u001f","messageId":"a\"b"}"#,
+            r#"{"type":"SK","key":"e","value":""}"#,
+            r#"{"type":"SA","key":"k","value":["a","b\"c",""],"messagePath":["a","b"],"relayTo":["c","d"]}"#,
+            r#"{"type":"SA","key":"k","value":[]}"#,
+            r#"{"type":"SW","key":"k","value":{"x":1.5,"y":-2,"z\"":0.1}}"#,
+            r#"{"type":"GK","key":"k","messageId":"d1","hlc":"ffffffffffffffff"}"#,
+            r#"{"type":"CMD","command":"EXPIRE","args":["k","10"],"messageId":"e1"}"#,
+            r#"{"type":"GK","key":"k","messageId":"g1"}"#,
+            r#"{"type":"GA","key":"k"}"#,
+            r#"{"type":"GW","key":"k"}"#,
+            r#"{"type":"CMD","command":"DEL","args":["k","x\"y"],"messageId":"c1"}"#,
+            r#"{"type":"CMD","command":"PING","args":[]}"#,
+            r#"{"type":"ACK","messageId":"only"}"#,
+            r#"{"type":"ACK","messageId":"b","messageIds":["a","b","c"],"originInstanceId":"n","messagePath":["n"]}"#,
+            r#"{"type":"NACK","messageId":"m","error":"`key` is \"required\""}"#,
+            r#"{"type":"RES","inReplyTo":"g1","instanceId":"n2","found":true,"value":"v","hlc":"0192f3a4b5c60001"}"#,
+            r#"{"type":"RES","inReplyTo":"g1","found":false,"error":"no such key"}"#,
+            r#"{"type":"RES","inReplyTo":"g1","found":true,"value":{"a":[1,2.5,"x"],"b":null}}"#,
+            r#"{"type":"HELLO","instanceId":"n1","tags":["aws"],"clusterGroupId":"g","role":"client","protocolVersion":1}"#,
+            r#"{"type":"HELLO","instanceId":"a","deliversTo":["b","c"],"linkedTo":["b"]}"#,
+            r#"{"type":"HELLO","instanceId":"a","deliversTo":[],"linkedTo":[]}"#,
+        ];
+        let mut all = Vec::new();
+        for text in texts {
+            match decode_frame(text, &Limits::default())
+                .expect("frame decodes")
+                .remove(0)
+            {
+                Ok(m) => all.push(m),
+                Err(e) => panic!("{text}: {}", e.reason),
+            }
+        }
+        // Fields a node sets, and a RES whose reply carries no hlc of its own.
+        let mut m = all[1].clone();
+        m.env.source_instance_id = Some("s\"rc".into());
+        m.env.relay_to = vec!["r".into()];
+        m.env.hlc = Some(Hlc::new(1, 2));
+        all.push(m);
+        let mut res = all[18].clone();
+        res.env.hlc = Some(Hlc::new(3, 4));
+        all.push(res);
+        all.push(Message::ack("n", vec!["x".into(), "y".into()]));
+        all
+    }
+
+    #[test]
+    fn the_hand_written_encoder_writes_what_serde_writes() {
+        for m in corpus() {
+            let serde = serde_json::to_string(&Wire::from(&m)).unwrap();
+            assert_eq!(m.encode(), serde, "{m:?}");
+            // What it writes decodes to a message that encodes to the same text.
+            let again = decode_frame(&serde, &Limits::default()).unwrap().remove(0);
+            assert_eq!(again.unwrap().encode(), serde);
+        }
+        let all = corpus();
+        let serde = serde_json::to_string(&all.iter().map(Wire::from).collect::<Vec<_>>()).unwrap();
+        assert_eq!(encode_batch(&all), serde);
+        assert_eq!(encode_batch(&all[..0]), "[]");
+    }
 }

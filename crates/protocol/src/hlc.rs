@@ -30,17 +30,32 @@ impl Hlc {
     }
 }
 
-impl fmt::Display for Hlc {
-    /// 16 lowercase hex digits, written digit by digit: every write's stamp is written out
-    /// where it is stored and sent, and padded integer formatting (`{:016x}`) took about 800
-    /// instructions a stamp (callgrind).
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// A stamp's text (16 lowercase hex digits), held on the stack: written where a write is
+/// stored and sent, without an allocation or integer formatting (`{:016x}` took about 800
+/// instructions a stamp, callgrind).
+#[derive(Clone, Copy)]
+pub struct HlcText([u8; 16]);
+
+impl HlcText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits are ASCII")
+    }
+}
+
+impl Hlc {
+    pub fn to_text(self) -> HlcText {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut text = [0u8; 16];
         for (i, digit) in text.iter_mut().enumerate() {
             *digit = DIGITS[((self.0 >> ((15 - i) * 4)) & 0xf) as usize];
         }
-        f.write_str(std::str::from_utf8(&text).expect("hex digits are ASCII"))
+        HlcText(text)
+    }
+}
+
+impl fmt::Display for Hlc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_text().as_str())
     }
 }
 

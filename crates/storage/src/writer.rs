@@ -174,6 +174,7 @@ impl Writer {
         let now = now_ms() as i64;
         skip_sent_marks_of_acked_rows(&mut ops);
         let plan = self.plan(&ops);
+        skip_acked_marks_of_held_rows(&mut ops, &plan.acked);
         if ops.is_empty() && plan.is_empty() {
             return stop;
         }
@@ -504,6 +505,23 @@ fn skip_sent_marks_of_acked_rows(ops: &mut [WriterOp]) {
     }
 }
 
+/// Held rows this batch acknowledges (`acked`, see `held.rs`) were never written, so their
+/// `acked` marks would update nothing; they leave the held rows when the batch commits. On a
+/// healthy mesh that is nearly every mark, and each cost the origin a lookup of its seq in
+/// the outbox (`update_each`): about a twentieth of its instructions per write (callgrind,
+/// BENCHMARKS.md).
+fn skip_acked_marks_of_held_rows(ops: &mut [WriterOp], acked: &[i64]) {
+    if acked.is_empty() {
+        return;
+    }
+    let held: std::collections::HashSet<i64> = acked.iter().copied().collect();
+    for op in ops.iter_mut() {
+        if let WriterOp::MarkAcked(seqs, _, _) = op {
+            seqs.retain(|s| !held.contains(s));
+        }
+    }
+}
+
 /// What an operation produced, sent to its caller after the commit.
 enum Done {
     /// The outcome, and the journal row of the message.
@@ -722,13 +740,13 @@ fn record<'c>(
     let path = serde_json::to_string(&rec.path).expect("strings serialize");
     let recipients = (!rec.recipients.is_empty())
         .then(|| serde_json::to_string(&rec.recipients).expect("strings serialize"));
-    let hlc = rec.hlc.to_string();
+    let hlc = rec.hlc.to_text();
     let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(params![
         rec.message_id,
         rec.group,
         rec.msg_type,
         rec.origin,
-        hlc,
+        hlc.as_str(),
         path,
         &*rec.body,
         now,
@@ -745,7 +763,7 @@ fn record<'c>(
                 .execute(params![msg])?;
             false
         }
-        Some(apply) => apply_embedded(c, hot, apply, rec, &hlc, now)?,
+        Some(apply) => apply_embedded(c, hot, apply, rec, hlc.as_str(), now)?,
     };
     let mut deliveries = Vec::with_capacity(rec.recipients.len());
     match hold {
@@ -916,6 +934,28 @@ mod tests {
 
     fn reply<T>() -> Reply<T> {
         oneshot::channel().0
+    }
+
+    #[test]
+    fn acked_marks_skip_held_rows_and_keep_written_ones() {
+        let mut ops = vec![
+            WriterOp::MarkAcked(vec![1, 2, 3, 4], None, reply()),
+            WriterOp::MarkSent(vec![2, 5], reply()),
+            WriterOp::MarkAcked(vec![4], Some("late"), reply()),
+        ];
+        skip_acked_marks_of_held_rows(&mut ops, &[2, 4]);
+        let seqs: Vec<Vec<i64>> = ops
+            .iter()
+            .map(|op| match op {
+                WriterOp::MarkAcked(s, _, _) | WriterOp::MarkSent(s, _) => s.clone(),
+                _ => unreachable!(),
+            })
+            .collect();
+        // Only acked marks lose held rows; sent marks are left to the plan, which writes them.
+        assert_eq!(seqs, vec![vec![1, 3], vec![2, 5], vec![]]);
+        let mut untouched = vec![WriterOp::MarkAcked(vec![7], None, reply())];
+        skip_acked_marks_of_held_rows(&mut untouched, &[]);
+        assert!(matches!(&untouched[0], WriterOp::MarkAcked(s, _, _) if s == &[7]));
     }
 
     /// A writer on a real database file switches to unsynced commits (and no checkpoints)
