@@ -508,7 +508,7 @@ fn skip_sent_marks_of_acked_rows(ops: &mut [WriterOp]) {
 /// Held rows this batch acknowledges (`acked`, see `held.rs`) were never written, so their
 /// `acked` marks would update nothing; they leave the held rows when the batch commits. On a
 /// healthy mesh that is nearly every mark, and each cost the origin a lookup of its seq in
-/// the outbox (`update_each`): about a twentieth of its instructions per write (callgrind,
+/// the outbox (`update_each`): about 7 % of its instructions per write (callgrind,
 /// BENCHMARKS.md).
 fn skip_acked_marks_of_held_rows(ops: &mut [WriterOp], acked: &[i64]) {
     if acked.is_empty() {
@@ -573,7 +573,7 @@ fn reply(op: WriterOp, result: Result<Done>) {
 /// The statements every write runs, each taken from rusqlite's statement cache once per
 /// batch instead of once per write. A cache lookup hashes the statement's SQL text, and giving
 /// the statement back clears its bindings and puts it back in the cache's list: together
-/// about a tenth of the writer's instructions per write (`callgrind`, BENCHMARKS.md).
+/// about an eighth of the writer's instructions per write (callgrind, BENCHMARKS.md).
 #[derive(Default)]
 struct Hot<'c> {
     insert_message: Option<CachedStatement<'c>>,
