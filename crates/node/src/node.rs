@@ -557,19 +557,22 @@ impl Node {
             }
         }
         let apply = apply.filter(|_| accepted.apply);
+        let body = accepted.message.encode().into();
+        // The journal takes the write's fields instead of copies: afterwards only a command's
+        // answer reads the request, and only its id and path (the way back).
+        let mut request = accepted.message;
+        let path = match command {
+            Some(_) => request.env.message_path.clone(),
+            None => std::mem::take(&mut request.env.message_path),
+        };
         let record = Record {
-            message_id: accepted.message_id.clone(),
-            group: accepted.group.clone(),
+            message_id: accepted.message_id,
+            group: accepted.group,
             msg_type,
-            origin: accepted
-                .message
-                .env
-                .origin_instance_id
-                .clone()
-                .unwrap_or_default(),
+            origin: request.env.origin_instance_id.take().unwrap_or_default(),
             hlc: accepted.hlc,
-            path: accepted.message.env.message_path.clone(),
-            body: accepted.message.encode().into(),
+            path,
+            body,
             apply,
             queue_apply: queued,
             recipients: accepted.recipients,
@@ -582,7 +585,6 @@ impl Node {
         let has_apply = record.apply.is_some();
         let hlc = record.hlc;
         let push = record.body.clone();
-        let request = accepted.message;
         let committed: oneshot::Receiver<_> = match self.storage.submit(record).await {
             Ok(rx) => rx,
             Err(e) => {
