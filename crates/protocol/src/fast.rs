@@ -20,20 +20,26 @@ use crate::codec::{ack_ids, valid_id, valid_key, value_bytes, Limits, MAX_ARGS, 
 use crate::hlc::Hlc;
 use crate::message::{Body, Envelope, Message, MessageType, Value, ValueKind};
 
+mod scan;
+
 /// Decodes a frame whose every message is a plainly valid write, get or ACK; `None` leaves
 /// the frame to the general path (which also handles everything else).
 pub fn decode_frame(text: &str, limits: &Limits) -> Option<Vec<Message>> {
+    let raws = match scan::frame(text, limits.max_batch) {
+        Some(raws) => raws,
+        None => read_with_serde(text, limits)?,
+    };
+    raws.into_iter().map(|r| r.into_message(limits)).collect()
+}
+
+/// The frame's messages read by serde: what the hand-written reader leaves (weighted values,
+/// unusual but valid JSON) still avoids the general path's JSON tree.
+fn read_with_serde<'a>(text: &'a str, limits: &Limits) -> Option<Vec<Raw<'a>>> {
     match text.trim_start().as_bytes().first()? {
-        b'{' => {
-            let raw: Raw = serde_json::from_str(text).ok()?;
-            Some(vec![raw.into_message(limits)?])
-        }
+        b'{' => Some(vec![serde_json::from_str(text).ok()?]),
         b'[' => {
             let raws: Vec<Raw> = serde_json::from_str(text).ok()?;
-            if raws.is_empty() || raws.len() > limits.max_batch {
-                return None;
-            }
-            raws.into_iter().map(|r| r.into_message(limits)).collect()
+            (!raws.is_empty() && raws.len() <= limits.max_batch).then_some(raws)
         }
         _ => None,
     }
@@ -266,8 +272,23 @@ mod tests {
             .ok()
     }
 
+    /// Whether the hand-written reader takes the frame; when it does, serde must read it too,
+    /// into the same messages (or the same refusal of one).
+    fn scanned(text: &str, limits: &Limits) -> bool {
+        let Some(raws) = scan::frame(text, limits.max_batch) else {
+            return false;
+        };
+        let ours: Vec<_> = raws.into_iter().map(|r| r.into_message(limits)).collect();
+        let serde = read_with_serde(text, limits)
+            .unwrap_or_else(|| panic!("the reader took what serde refuses: {text}"));
+        let theirs: Vec<_> = serde.into_iter().map(|r| r.into_message(limits)).collect();
+        assert_eq!(ours, theirs, "the reader differs from serde on {text}");
+        true
+    }
+
     /// The contract: the fast path gives up, or gives exactly what the general path gives.
     fn same(text: &str, limits: &Limits) -> Option<Vec<Message>> {
+        scanned(text, limits);
         let fast = decode_frame(text, limits);
         if let Some(messages) = &fast {
             assert_eq!(
@@ -300,6 +321,8 @@ mod tests {
         ];
         for text in taken {
             assert!(same(text, &limits).is_some(), "fast path left {text}");
+            // All but the weighted value are the hand-written reader's.
+            assert_eq!(scanned(text, &limits), !text.contains("\"SW\""), "{text}");
         }
         let batch = format!("[{SK},{}]", taken[1]);
         assert_eq!(same(&batch, &limits).map(|m| m.len()), Some(2));
@@ -341,6 +364,56 @@ mod tests {
         ];
         for text in &left {
             assert!(same(text, &limits).is_none(), "fast path took {text}");
+        }
+    }
+
+    #[test]
+    fn the_reader_unescapes_as_serde_does_and_leaves_what_serde_refuses() {
+        let limits = Limits::default();
+        let frame = |s: &str| format!(r#"{{"type":"SK","key":"k","value":"{s}","messageId":"m"}}"#);
+        for s in [
+            r#"plain"#,
+            r#"\"q\\ \/ \b\f\n\r\t"#,
+            r#"\u00e9 \u00E9 \u0000 \u20ac"#,
+            r#"a pair: \ud83d\ude00, and after it é"#,
+            r#"é\n€"#,
+            r#"\u002F"#,
+        ] {
+            assert!(scanned(&frame(s), &limits), "the reader left {s}");
+            assert!(same(&frame(s), &limits).is_some());
+        }
+        for s in [
+            r#"\x"#,
+            r#"\u12"#,
+            r#"\u12g4"#,
+            r#"\ud800"#,
+            r#"\ud800 and more"#,
+            r#"\ud800\u0041"#,
+            r#"\udc00"#,
+            "a raw\ttab",
+            "a raw\nnewline",
+            r#"ends in a backslash\"#,
+        ] {
+            assert!(!scanned(&frame(s), &limits), "the reader took {s}");
+        }
+        // A field name may be escaped too; serde matches it after unescaping.
+        let text = r#"{"typ\u0065":"SK","key":"k","value":"v"}"#;
+        assert!(scanned(text, &limits));
+        // Shapes it leaves to serde or to the general path.
+        for text in [
+            r#"{"type":"SK","key":"k","value":"v"} x"#,
+            r#"{"type":"SK","key":"k","value":"v",}"#,
+            r#"[{"type":"SK","key":"k","value":"v"},]"#,
+            r#"{"type":"SK","key":"k","value":"v","hlc":nul}"#,
+            r#"{"type":"SK","key":"k","value":"v","hlc":nullx}"#,
+            r#"{"type":"SK","key":"k","value":["a",]}"#,
+            r#"{"type":"SK","key":"k","value":"v""#,
+            r#"{"type":"SK" "key":"k"}"#,
+            r#"{}"#,
+            "",
+        ] {
+            assert!(!scanned(text, &limits), "the reader took {text}");
+            same(text, &limits);
         }
     }
 
