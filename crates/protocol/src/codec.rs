@@ -773,7 +773,7 @@ impl<'o> Object<'o> {
 /// A JSON string, as serde_json writes it. Most strings need no escaping (ids, keys, values
 /// of plain text); they are checked without a branch per byte, so the check vectorizes, and
 /// copied whole. The rest go through serde_json.
-fn push_json_str(out: &mut String, s: &str) {
+pub(crate) fn push_json_str(out: &mut String, s: &str) {
     let plain = s.bytes().fold(true, |plain, b| {
         plain & (b >= 0x20 && b != b'"' && b != b'\\')
     });

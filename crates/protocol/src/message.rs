@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::codec::{push_json_str, value_bytes};
 use crate::hlc::Hlc;
 
 /// The `clusterGroupId` a message without one belongs to.
@@ -143,12 +144,27 @@ impl Value {
     /// The value as JSON text, as [`Value::to_json`] would print it, without building the
     /// JSON tree first (the store writes this for every write).
     pub fn to_json_text(&self) -> String {
+        // Quotes, and commas between items; escapes grow it.
+        let items = match self {
+            Value::Array(a) => a.len(),
+            _ => 1,
+        };
+        let mut out = String::with_capacity(value_bytes(self) + 3 * items + 2);
         match self {
-            Value::String(s) => serde_json::to_string(s),
-            Value::Array(a) => serde_json::to_string(a),
-            Value::Weighted(w) => serde_json::to_string(w),
+            Value::String(s) => push_json_str(&mut out, s),
+            Value::Array(a) => {
+                out.push('[');
+                for (i, s) in a.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    push_json_str(&mut out, s);
+                }
+                out.push(']');
+            }
+            Value::Weighted(w) => return serde_json::to_string(w).expect("values serialize"),
         }
-        .expect("values serialize")
+        out
     }
 
     /// Reads a value of a known kind back from JSON (as stored by [`Value::to_json`]).

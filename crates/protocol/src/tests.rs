@@ -360,7 +360,12 @@ fn json_text_of_a_value_is_its_json_printed() {
         [("b".to_owned(), 2.5), ("a".to_owned(), -1.0)].into();
     for v in [
         Value::String("q\"uote\n".into()),
+        Value::String(String::new()),
+        Value::String("plain".into()),
+        Value::String("\\ \u{1} \u{1f} \t \u{7f} é 😀".into()),
         Value::Array(vec!["x".into(), "é".into()]),
+        Value::Array(vec!["q\"".into()]),
+        Value::Array(Vec::new()),
         Value::Weighted(weights),
     ] {
         assert_eq!(v.to_json_text(), v.to_json().to_string());
