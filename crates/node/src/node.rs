@@ -602,7 +602,9 @@ impl Node {
         // once the answer no longer matters (a connection that closes hands its unfinished
         // commits to a task), so the effects happen even if the sender went away.
         let effects = async move {
-            let result = committed.await.unwrap_or(Err(StorageError::Closed));
+            let result = tokio::task::unconstrained(committed)
+                .await
+                .unwrap_or(Err(StorageError::Closed));
             match result {
                 // The delivery rows reached their tasks already: the writer hands every
                 // commit's rows over (see `runtime::hand_live_rows`).
