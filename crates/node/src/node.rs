@@ -601,6 +601,11 @@ impl Node {
         // the origin about a third of its CPU (BENCHMARKS.md). Whoever holds the future must drive it to the end even
         // once the answer no longer matters (a connection that closes hands its unfinished
         // commits to a task), so the effects happen even if the sender went away.
+        //
+        // The wait is outside tokio's cooperative budget: a frame's writes use the budget up,
+        // and a commit wait polled then reports itself not ready and wakes at once, so each
+        // was polled about five times per write (BENCHMARKS.md, "counted in instructions").
+        // It only waits for the writer's answer, so it cannot keep the task from yielding.
         let effects = async move {
             let result = tokio::task::unconstrained(committed)
                 .await
