@@ -604,56 +604,13 @@ async fn journal_times_never_go_back_and_pruning_stops_at_the_first_recent_row()
              (1, 'old1', 'singleton', 'SK', 'a', '0000000000010000', '[]', '{}', 10),
              (2, 'old2', 'singleton', 'SK', 'a', '0000000000020000', '[]', '{}', 20),
              (3, 'new', 'singleton', 'SK', 'a', '0000000000030000', '[]', '{}', 5000),
-             (4, 'old3', 'singleton', 'SK', 'a', '0000000000040000', '[]', '{}', 30);
-             INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (2, 'b', 'pending', 0, 1);",
+             (4, 'old3', 'singleton', 'SK', 'a', '0000000000040000', '[]', '{}', 30);",
         )
         .unwrap();
     let s = open(dir.path());
-    assert_eq!(
-        s.prune(1000).await.unwrap(),
-        1,
-        "old1 goes; old2 is owed to b"
-    );
-    assert_eq!(
-        s.message_count().await.unwrap(),
-        3,
-        "old2, new and old3 stay"
-    );
-    let owed = s.open_deliveries("b", 0, 10).await.unwrap();
-    s.mark_acked(vec![owed[0].seq], None).await.unwrap();
-    // A shorter look back (a retention made longer): old2 is recent for it, so this prune
-    // does not start where the last one stopped.
-    assert_eq!(
-        s.prune(15).await.unwrap(),
-        0,
-        "old2 is within retention now"
-    );
-    assert_eq!(s.prune(6000).await.unwrap(), 3, "all are old now");
-    s.close().await;
-}
-
-/// A row still owed to a peer stays past retention; later prunes start after it but still
-/// take it once it is delivered.
-#[tokio::test]
-async fn prune_starts_where_the_last_one_stopped_and_still_takes_rows_delivered_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.record(rec("owed", "k1", "v", 1, "a", &["b"]))
-        .await
-        .unwrap();
-    s.record(rec("free", "k2", "v", 2, "a", &[])).await.unwrap();
-    assert_eq!(s.prune(now_ms() + 1000).await.unwrap(), 1, "free goes");
-    s.record(rec("later", "k3", "v", 3, "a", &[]))
-        .await
-        .unwrap();
-    let rows = s.open_deliveries("b", 0, 10).await.unwrap();
-    s.mark_acked(vec![rows[0].seq], None).await.unwrap();
-    assert_eq!(
-        s.prune(now_ms() + 1000).await.unwrap(),
-        2,
-        "owed, delivered now, and later"
-    );
-    assert_eq!(s.message_count().await.unwrap(), 0);
+    assert_eq!(s.prune(1000).await.unwrap(), 2, "old1 and old2 go");
+    assert_eq!(s.message_count().await.unwrap(), 2, "new and old3 stay");
+    assert_eq!(s.prune(6000).await.unwrap(), 2, "all are old now");
     s.close().await;
 }
 

@@ -682,7 +682,6 @@ fn execute<'c>(
             let before = *before as i64;
             // The journal rows older than `before` are the ids below the first one since.
             let first_kept = first_since(c, before, Scan::FromOldest)?;
-            put_pruned_below(c, first_kept)?;
             c.execute(
                 "DELETE FROM deliveries WHERE state = 'acked' AND msg < ?1",
                 params![first_kept],
@@ -828,10 +827,8 @@ enum Scan {
 fn first_since(c: &Connection, since: i64, scan: Scan) -> Result<i64> {
     let found: Option<i64> = match scan {
         Scan::FromOldest => c
-            .prepare_cached(
-                "SELECT id FROM messages WHERE id >= ?2 AND received_at >= ?1 ORDER BY id LIMIT 1",
-            )?
-            .query_row(params![since, prune_start(c, since)?], |r| r.get(0))
+            .prepare_cached("SELECT id FROM messages WHERE received_at >= ?1 ORDER BY id LIMIT 1")?
+            .query_row(params![since], |r| r.get(0))
             .optional()?,
         Scan::FromNewest => c
             .prepare_cached(
@@ -851,40 +848,6 @@ fn first_since(c: &Connection, since: i64, scan: Scan) -> Result<i64> {
         // Every row is new enough.
         (None, Scan::FromNewest) => 0,
     })
-}
-
-/// Where the scan for old journal rows starts: where the last prune stopped. Rows below it
-/// that are still there are owed to a peer that is down; with a long outage there can be
-/// millions, and each prune would read them all again. The last prune's boundary is used
-/// only while the row just below it is old enough for this prune too (a retention made
-/// longer since starts from the beginning again).
-fn prune_start(c: &Connection, since: i64) -> Result<i64> {
-    let below: Option<i64> = c
-        .prepare_cached("SELECT value FROM meta WHERE key = 'pruned_below'")?
-        .query_row([], |r| r.get::<_, String>(0))
-        .optional()?
-        .and_then(|v| v.parse().ok());
-    let Some(below) = below else {
-        return Ok(0);
-    };
-    let last_old: Option<i64> = c
-        .prepare_cached("SELECT received_at FROM messages WHERE id < ?1 ORDER BY id DESC LIMIT 1")?
-        .query_row(params![below], |r| r.get(0))
-        .optional()?;
-    Ok(match last_old {
-        Some(at) if at >= since => 0,
-        _ => below,
-    })
-}
-
-/// Records where the last prune's scan stopped (see [`prune_start`]).
-fn put_pruned_below(c: &Connection, id: i64) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO meta (key, value) VALUES ('pruned_below', ?1)
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )?
-    .execute(params![id.to_string()])?;
-    Ok(())
 }
 
 /// Adds deliveries to `peers` of the untargeted writes that came from `origin` since
