@@ -32,10 +32,7 @@ CREATE TABLE IF NOT EXISTS messages (
     recipients    TEXT,
     UNIQUE (message_id, cluster_group)
 );
--- No index on received_at: rows are stamped in id order with a time that never goes back,
--- so the rows since a time are a range of ids (writer.rs, `first_since`). Databases from
--- before lose the index.
-DROP INDEX IF EXISTS messages_received;
+CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
 
 -- One row per (message, recipient peer). `seq` is the send order; AUTOINCREMENT so a pruned
 -- seq is never reused below a delivery task's cursor. `peer` is the peer's

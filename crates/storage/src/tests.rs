@@ -553,67 +553,6 @@ async fn a_relay_request_adds_deliveries_to_a_recorded_write_once() {
     assert_eq!(s.open_deliveries("c", 0, 10).await.unwrap().len(), 1);
 }
 
-/// The journal has no index on `received_at`: its rows are stamped in id order with a time
-/// that never goes back, and pruning finds the old ones as a range of ids.
-#[tokio::test]
-async fn journal_times_never_go_back_and_pruning_stops_at_the_first_recent_row() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = database_file(dir.path());
-    let stamp = |id: &str| -> i64 {
-        let c = Connection::open(&file).unwrap();
-        c.query_row(
-            "SELECT received_at FROM messages WHERE message_id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap()
-    };
-    let s = open(dir.path());
-    s.record(rec("ahead", "k1", "v", 1, "a", &[]))
-        .await
-        .unwrap();
-    s.close().await;
-    // The clock was an hour ahead when that write was recorded, and is right again now.
-    let ahead = now_ms() as i64 + 3_600_000;
-    Connection::open(&file)
-        .unwrap()
-        .execute("UPDATE messages SET received_at = ?1", [ahead])
-        .unwrap();
-    let s = open(dir.path());
-    s.record(rec("after", "k2", "v", 2, "a", &[]))
-        .await
-        .unwrap();
-    assert!(
-        stamp("after") >= ahead,
-        "a later row is never stamped earlier"
-    );
-    // Neither is past retention yet: pruning keeps them (longer, never earlier).
-    assert_eq!(s.prune(now_ms() + 1000).await.unwrap(), 0);
-    assert_eq!(s.message_count().await.unwrap(), 2);
-    s.close().await;
-
-    // Rows out of time order (written by hand, as no writer stamps them): pruning removes the
-    // old rows before the first recent one, and keeps an old row after it.
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    s.close().await;
-    Connection::open(database_file(dir.path()))
-        .unwrap()
-        .execute_batch(
-            "INSERT INTO messages (id, message_id, cluster_group, msg_type, origin, hlc, path, body, received_at) VALUES
-             (1, 'old1', 'singleton', 'SK', 'a', '0000000000010000', '[]', '{}', 10),
-             (2, 'old2', 'singleton', 'SK', 'a', '0000000000020000', '[]', '{}', 20),
-             (3, 'new', 'singleton', 'SK', 'a', '0000000000030000', '[]', '{}', 5000),
-             (4, 'old3', 'singleton', 'SK', 'a', '0000000000040000', '[]', '{}', 30);",
-        )
-        .unwrap();
-    let s = open(dir.path());
-    assert_eq!(s.prune(1000).await.unwrap(), 2, "old1 and old2 go");
-    assert_eq!(s.message_count().await.unwrap(), 2, "new and old3 stay");
-    assert_eq!(s.prune(6000).await.unwrap(), 2, "all are old now");
-    s.close().await;
-}
-
 #[tokio::test]
 async fn take_over_owes_an_origins_recent_untargeted_writes_once() {
     let dir = tempfile::tempdir().unwrap();

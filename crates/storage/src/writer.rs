@@ -6,7 +6,7 @@
 //! savepoints; if one does fail, the transaction is rolled back and the batch runs again with a
 //! savepoint per operation, so only the failing one is answered with its error.
 
-use rusqlite::{params, CachedStatement, Connection, OptionalExtension};
+use rusqlite::{params, CachedStatement, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::atomic::Ordering;
@@ -59,10 +59,6 @@ pub(crate) struct Writer {
     /// The thread that copies the WAL back (see `checkpointer.rs`); it ends when the writer is
     /// dropped.
     pub(crate) checkpointer: Option<crate::checkpointer::Checkpointer>,
-    /// The time stamped on the last commit (Unix ms). Stamps never go back, even when the
-    /// clock does, so a journal row's `received_at` never falls below an earlier row's: the
-    /// rows since a time are a range of ids, found without an index (see `first_since`).
-    last_now: i64,
 }
 
 impl Writer {
@@ -75,13 +71,6 @@ impl Writer {
         on_deliveries: Option<DeliveryObserver>,
         held: Held,
     ) -> Self {
-        let last_now = conn
-            .query_row(
-                "SELECT received_at FROM messages ORDER BY id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap_or(0);
         Writer {
             conn,
             rx,
@@ -95,7 +84,6 @@ impl Writer {
             hold: true,
             failures: 0,
             checkpointer: None,
-            last_now,
         }
     }
 
@@ -183,8 +171,7 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<WriterOp>) -> bool {
         let mut ops: Vec<WriterOp> = std::mem::take(batch);
         let stop = ops.iter().any(|op| matches!(op, WriterOp::Stop(_)));
-        let now = (now_ms() as i64).max(self.last_now);
-        self.last_now = now;
+        let now = now_ms() as i64;
         skip_sent_marks_of_acked_rows(&mut ops);
         let plan = self.plan(&ops);
         skip_acked_marks_of_held_rows(&mut ops, &plan.acked);
@@ -680,11 +667,10 @@ fn execute<'c>(
         }
         WriterOp::Prune(before, _) => {
             let before = *before as i64;
-            // The journal rows older than `before` are the ids below the first one since.
-            let first_kept = first_since(c, before, Scan::FromOldest)?;
             c.execute(
-                "DELETE FROM deliveries WHERE state = 'acked' AND msg < ?1",
-                params![first_kept],
+                "DELETE FROM deliveries WHERE state = 'acked'
+                 AND msg IN (SELECT id FROM messages WHERE received_at < ?1)",
+                params![before],
             )?;
             // Tombstones and expired keys go after the retention period too.
             c.execute(
@@ -693,10 +679,10 @@ fn execute<'c>(
                 params![before],
             )?;
             Done::Count(c.execute(
-                "DELETE FROM messages WHERE id < ?1
+                "DELETE FROM messages WHERE received_at < ?1
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)
                  AND NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.msg = messages.id)",
-                params![first_kept],
+                params![before],
             )? as u64)
         }
         WriterOp::Applied(seqs, _) => {
@@ -806,50 +792,6 @@ fn record<'c>(
     ))
 }
 
-/// Where [`first_since`] starts looking: from the side nearer the boundary, so that it reads
-/// only the rows it would select anyway.
-#[derive(Clone, Copy)]
-enum Scan {
-    /// Pruning: the old rows come first, and are about to go.
-    FromOldest,
-    /// Recent writes (a take-over): the rows since are the last few.
-    FromNewest,
-}
-
-/// The first journal id recorded at or after `since` (Unix ms); one past the last id when
-/// there is none. The journal has no index on `received_at` (one cost a B-tree insert per
-/// write, about 7 % of a replica's instructions): the writer stamps rows in id order with
-/// a time that never goes back, so the rows since a time are exactly the ids from this one.
-/// Rows written before that rule, under a clock that went back, may be out of order: the
-/// scan from the oldest stops at the first row new enough, so such rows are kept longer,
-/// never pruned early; a take-over, scanning from the newest, may leave out one recorded
-/// before such a jump, as it leaves out every row older than its window.
-fn first_since(c: &Connection, since: i64, scan: Scan) -> Result<i64> {
-    let found: Option<i64> = match scan {
-        Scan::FromOldest => c
-            .prepare_cached("SELECT id FROM messages WHERE received_at >= ?1 ORDER BY id LIMIT 1")?
-            .query_row(params![since], |r| r.get(0))
-            .optional()?,
-        Scan::FromNewest => c
-            .prepare_cached(
-                "SELECT id + 1 FROM messages WHERE received_at < ?1 ORDER BY id DESC LIMIT 1",
-            )?
-            .query_row(params![since], |r| r.get(0))
-            .optional()?,
-    };
-    Ok(match (found, scan) {
-        (Some(id), _) => id,
-        // Every row is older: the boundary is past the last one.
-        (None, Scan::FromOldest) => {
-            c.query_row("SELECT coalesce(max(id), 0) + 1 FROM messages", [], |r| {
-                r.get(0)
-            })?
-        }
-        // Every row is new enough.
-        (None, Scan::FromNewest) => 0,
-    })
-}
-
 /// Adds deliveries to `peers` of the untargeted writes that came from `origin` since
 /// `since`, where no delivery of that write to that peer exists yet.
 fn take_over(
@@ -859,18 +801,17 @@ fn take_over(
     peers: &[String],
     now: i64,
 ) -> Result<Vec<(String, i64)>> {
-    let first = first_since(c, since, Scan::FromNewest)?;
     let mut st = c.prepare_cached(
         "INSERT INTO deliveries (msg, peer, state, attempts, updated_at)
          SELECT m.id, ?2, 'pending', 0, ?3 FROM messages m
-         WHERE m.id >= ?4 AND m.origin = ?1
+         WHERE m.received_at >= ?4 AND m.origin = ?1
            AND instr(m.body, '\"targetedTags\"') = 0
            AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = m.id AND d.peer = ?2)
          ORDER BY m.id",
     )?;
     let mut added = Vec::new();
     for peer in peers {
-        let n = st.execute(params![origin, peer, now, first])?;
+        let n = st.execute(params![origin, peer, now, since])?;
         if n > 0 {
             added.push((peer.clone(), n as i64));
         }
