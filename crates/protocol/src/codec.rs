@@ -152,7 +152,9 @@ pub(crate) fn value_bytes(v: &Value) -> usize {
 /// order. (A set, not a scan of the list for each id: an ACK may name a thousand ids.)
 pub(crate) fn ack_ids(first: Option<String>, rest: Vec<String>) -> Vec<String> {
     let keep: Vec<bool> = {
-        let mut seen: std::collections::HashSet<&str> = first.iter().map(String::as_str).collect();
+        // Sized once: grown from empty, the set rehashed about as many ids again as it held.
+        let mut seen = std::collections::HashSet::with_capacity(rest.len() + 1);
+        seen.extend(first.as_deref());
         rest.iter().map(|id| seen.insert(id.as_str())).collect()
     };
     let mut ids: Vec<String> = Vec::with_capacity(rest.len() + 1);
