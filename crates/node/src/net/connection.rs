@@ -5,6 +5,7 @@
 //! the peer it belongs to). The `select!` below only turns inputs into [`Event`]s; the methods
 //! of [`Conn`] do the work.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +27,16 @@ use crate::telemetry;
 
 /// Most writes from one connection waiting for their commit; past it, reading pauses.
 const MAX_PENDING_COMMITS: usize = 8192;
-/// Frames queued for the writer task of one connection, on top of what the socket buffers: how
-/// far a remote that writes a lot before it reads can get ahead without stalling its reads.
+/// Frames queued for the writer task of one connection, on top of what the socket buffers.
 const OUT_QUEUE: usize = 256;
+/// Frames waiting here for room in that queue past which this connection stops taking pushes
+/// and outgoing deliveries: those wait in their own queues (a push queue that overflows closes
+/// an app as too slow; a delivery task waits), while reading and answering go on.
+const UNSENT_PAUSE: usize = 16;
+/// Bytes of answers (ACKs, replies) waiting here past which reading pauses too: how far a
+/// remote that writes a lot before it reads can get ahead. Past it the connection waits for
+/// the remote to read, and the writer's stuck timer closes it if it never does.
+const MAX_UNSENT_BYTES: usize = 4 << 20;
 /// Most pushed writes sent to a local app in one frame.
 const MAX_PUSH_BATCH: usize = 256;
 /// How long an outbound connection waits for the peer's HELLO before treating it as an older
@@ -57,10 +65,12 @@ enum Who {
     Peer(String),
 }
 
-enum Event {
+enum Event<'a> {
     Shutdown,
     /// The writer task gave up: the remote stopped reading.
     WriteStuck,
+    /// The writer task's queue has room for the oldest frame waiting here.
+    Room(mpsc::Permit<'a, WsMessage>),
     Frame(Option<Result<WsMessage, WsError>>),
     Out(String),
     Committed(Committed),
@@ -84,8 +94,10 @@ struct Conn {
     last_rx: Instant,
     commits: FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>>,
     pushes: Option<broadcast::Receiver<Arc<str>>>,
-    /// Frames to write once the current event is handled.
-    out: Vec<WsMessage>,
+    /// Frames to write, oldest first, handed to the writer task as its queue has room.
+    out: VecDeque<WsMessage>,
+    /// Bytes of the frames in `out`.
+    out_bytes: usize,
     acks: Vec<String>,
     /// Invalid messages since `invalid_since` (a one-second window).
     invalid_count: u32,
@@ -128,7 +140,8 @@ where
         last_rx: connected_at,
         commits: FuturesOrdered::new(),
         pushes: None,
-        out: Vec::new(),
+        out: VecDeque::new(),
+        out_bytes: 0,
         acks: Vec::new(),
         invalid_count: 0,
         invalid_since: connected_at,
@@ -150,16 +163,24 @@ where
         loop {
             let waiting_hello =
                 matches!(conn.who, Who::Unknown) && conn.ctx.direction == Direction::Outbound;
+            // The writer's queue may be full (the remote is not reading): frames wait in
+            // `out`, and while many do, pushes and deliveries wait where they are. Reading
+            // goes on, so a remote that writes everything before it reads is still served.
+            let backed_up = conn.out.len() >= UNSENT_PAUSE;
             let event = tokio::select! {
                 biased;
                 _ = node.shutdown.cancelled() => Event::Shutdown,
                 _ = write_stuck.cancelled() => Event::WriteStuck,
+                room = out_tx.reserve(), if !conn.out.is_empty() => match room {
+                    Ok(permit) => Event::Room(permit),
+                    Err(_) => Event::WriteStuck,
+                },
                 Some(done) = conn.commits.next(), if !conn.commits.is_empty() => Event::Committed(done),
-                Some(frame) = rx.recv() => Event::Out(frame),
+                Some(frame) = rx.recv(), if !backed_up => Event::Out(frame),
                 // Pushes before new input: an app that writes fast must not fall behind on
                 // the writes it is pushed.
-                push = next_push(&mut conn.pushes) => Event::Push(push),
-                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS => Event::Frame(frame),
+                push = next_push(&mut conn.pushes), if !backed_up => Event::Push(push),
+                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.out_bytes < MAX_UNSENT_BYTES => Event::Frame(frame),
                 _ = ticker.tick() => Event::Tick,
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
             };
@@ -172,7 +193,13 @@ where
                 Event::Frame(None) | Event::Frame(Some(Err(_))) => Err(End::Closed),
                 Event::Frame(Some(Ok(frame))) => conn.on_frame(frame).await,
                 Event::Out(frame) => {
-                    conn.out.push(WsMessage::Text(frame.into()));
+                    conn.text(frame);
+                    Ok(())
+                }
+                Event::Room(permit) => {
+                    if let Some(frame) = conn.pop_out() {
+                        permit.send(frame);
+                    }
                     Ok(())
                 }
                 Event::Committed(done) => {
@@ -191,23 +218,19 @@ where
                 }
             };
             conn.flush_acks();
-            // Frames go to the writer task. Only when its queue is full (the remote has not
-            // read for a while) does this wait, and the writer gives up after three
-            // heartbeats without progress, which ends the connection (its rows go again on
-            // the next one).
-            let frames: Vec<WsMessage> = conn.out.drain(..).collect();
-            let queued = async {
-                for frame in frames {
-                    out_tx.send(frame).await.map_err(|_| ())?;
+            // Frames go to the writer task as far as its queue has room; the rest wait in
+            // `out` for the `Room` event. The writer gives up after three heartbeats without
+            // progress, which ends the connection (its rows go again on the next one).
+            while !conn.out.is_empty() {
+                match out_tx.try_reserve() {
+                    Ok(permit) => {
+                        if let Some(frame) = conn.pop_out() {
+                            permit.send(frame);
+                        }
+                    }
+                    // The writer ended; `write_stuck` or the next read ends this loop.
+                    Err(_) => break,
                 }
-                Ok::<(), ()>(())
-            };
-            let stuck = tokio::select! {
-                r = queued => r.is_err(),
-                _ = write_stuck.cancelled() => true,
-            };
-            if stuck {
-                break End::Closed;
             }
             if let Err(end) = step {
                 break end;
@@ -227,6 +250,16 @@ where
         // Peers that would hand this one's writes to us must know the link is gone.
         node.announce();
     }
+    // Answers still waiting here (the last ACKs on shutdown) get as long as the close frame.
+    let unsent = std::mem::take(&mut conn.out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        for frame in unsent {
+            if out_tx.send(frame).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
     if let End::Close(code, reason) = end {
         tracing::debug!(instance_id = %node.id, conn = conn.id, reason = %reason, "closing connection");
         let frame = CloseFrame {
@@ -304,7 +337,18 @@ impl Conn {
     }
 
     fn text(&mut self, frame: String) {
-        self.out.push(WsMessage::Text(frame.into()));
+        self.push_out(WsMessage::Text(frame.into()));
+    }
+
+    fn push_out(&mut self, frame: WsMessage) {
+        self.out_bytes += frame.len();
+        self.out.push_back(frame);
+    }
+
+    fn pop_out(&mut self) -> Option<WsMessage> {
+        let frame = self.out.pop_front()?;
+        self.out_bytes -= frame.len();
+        Some(frame)
     }
 
     fn nack(&mut self, message_id: Option<String>, error: String) {
@@ -566,8 +610,7 @@ impl Conn {
             return Err(End::Close(CloseCode::Away, "heartbeat timeout".into()));
         }
         let now = self.node.started.elapsed().as_micros() as u64;
-        self.out
-            .push(WsMessage::Ping(now.to_be_bytes().to_vec().into()));
+        self.push_out(WsMessage::Ping(now.to_be_bytes().to_vec().into()));
         Ok(())
     }
 
