@@ -16,11 +16,7 @@ use super::{Raw, RawValue, Str};
 
 /// The frame's messages as [`Raw`]s: one object, or an array of 1 to `max_batch` objects.
 pub(super) fn frame(text: &str, max_batch: usize) -> Option<Vec<Raw<'_>>> {
-    let mut s = Scanner {
-        text,
-        bytes: text.as_bytes(),
-        at: 0,
-    };
+    let mut s = Scanner { text, at: 0 };
     let raws = match s.peek()? {
         b'{' => vec![s.object()?],
         b'[' => {
@@ -44,12 +40,11 @@ pub(super) fn frame(text: &str, max_batch: usize) -> Option<Vec<Raw<'_>>> {
         _ => return None,
     };
     s.skip_ws();
-    (s.at == s.bytes.len()).then_some(raws)
+    (s.at == s.bytes().len()).then_some(raws)
 }
 
 struct Scanner<'a> {
     text: &'a str,
-    bytes: &'a [u8],
     at: usize,
 }
 
@@ -75,8 +70,12 @@ fn field(name: &str) -> Option<u32> {
 }
 
 impl<'a> Scanner<'a> {
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
     fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.at) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes().get(self.at) {
             self.at += 1;
         }
     }
@@ -84,7 +83,7 @@ impl<'a> Scanner<'a> {
     /// The next byte after whitespace, not consumed.
     fn peek(&mut self) -> Option<u8> {
         self.skip_ws();
-        self.bytes.get(self.at).copied()
+        self.bytes().get(self.at).copied()
     }
 
     /// The next byte after whitespace, consumed.
@@ -98,7 +97,7 @@ impl<'a> Scanner<'a> {
     /// expects `,`, `}` or `]`.)
     fn null(&mut self) -> bool {
         self.skip_ws();
-        let null = self.bytes[self.at..].starts_with(b"null");
+        let null = self.bytes()[self.at..].starts_with(b"null");
         if null {
             self.at += 4;
         }
@@ -215,7 +214,7 @@ impl<'a> Scanner<'a> {
         }
         let start = self.at;
         self.plain_run();
-        match *self.bytes.get(self.at)? {
+        match *self.bytes().get(self.at)? {
             b'"' => {
                 // Both ends sit next to an ASCII quote, so they are char boundaries.
                 let s = &self.text[start..self.at];
@@ -234,7 +233,7 @@ impl<'a> Scanner<'a> {
     fn plain_run(&mut self) {
         const ONES: u64 = u64::from_ne_bytes([1; 8]);
         const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-        let bytes = self.bytes;
+        let bytes = self.bytes();
         let mut at = self.at;
         while let Some(chunk) = bytes.get(at..at + 8) {
             let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
@@ -266,13 +265,13 @@ impl<'a> Scanner<'a> {
         let mut out = String::with_capacity(self.at - start + 16);
         out.push_str(&self.text[start..self.at]);
         loop {
-            match *self.bytes.get(self.at)? {
+            match *self.bytes().get(self.at)? {
                 b'"' => {
                     self.at += 1;
                     return Some(out);
                 }
                 b'\\' => {
-                    let escape = *self.bytes.get(self.at + 1)?;
+                    let escape = *self.bytes().get(self.at + 1)?;
                     self.at += 2;
                     out.push(match escape {
                         b'"' => '"',
@@ -305,7 +304,7 @@ impl<'a> Scanner<'a> {
         let first = self.hex4()?;
         let code = match first {
             0xD800..=0xDBFF => {
-                if self.bytes.get(self.at..self.at + 2)? != b"\\u" {
+                if self.bytes().get(self.at..self.at + 2)? != b"\\u" {
                     return None;
                 }
                 self.at += 2;
@@ -322,7 +321,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn hex4(&mut self) -> Option<u32> {
-        let digits = self.bytes.get(self.at..self.at + 4)?;
+        let digits = self.bytes().get(self.at..self.at + 4)?;
         let mut n = 0;
         for &d in digits {
             n = n * 16 + char::from(d).to_digit(16)?;
@@ -356,11 +355,7 @@ mod tests {
                         .bytes()
                         .position(|b| b == b'"' || b == b'\\' || b < 0x20)
                         .unwrap_or(text.len());
-                    let mut s = Scanner {
-                        text: &text,
-                        bytes: text.as_bytes(),
-                        at: 0,
-                    };
+                    let mut s = Scanner { text: &text, at: 0 };
                     s.plain_run();
                     assert_eq!(s.at, naive, "{text:?}");
                 }
