@@ -751,14 +751,7 @@ impl<'o> Object<'o> {
 
     fn strs(&mut self, name: &str, values: &[String]) {
         self.key(name);
-        self.out.push('[');
-        for (i, v) in values.iter().enumerate() {
-            if i > 0 {
-                self.out.push(',');
-            }
-            push_json_str(self.out, v);
-        }
-        self.out.push(']');
+        push_json_strs(self.out, values);
     }
 
     fn serde<T: Serialize + ?Sized>(&mut self, name: &str, value: &T) {
@@ -786,6 +779,26 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
     } else {
         out.push_str(&serde_json::to_string(s).expect("strings serialize"));
     }
+}
+
+/// A JSON array of strings, as serde_json writes it.
+pub(crate) fn push_json_strs(out: &mut String, values: &[String]) {
+    out.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(out, v);
+    }
+    out.push(']');
+}
+
+/// A list of strings as JSON text, as serde_json writes it, without its per-call setup (the
+/// store keeps every write's path this way).
+pub fn json_strings(values: &[String]) -> String {
+    let mut out = String::with_capacity(values.iter().map(|v| v.len() + 3).sum::<usize>() + 2);
+    push_json_strs(&mut out, values);
+    out
 }
 
 /// Several messages as one array frame.

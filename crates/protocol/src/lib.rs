@@ -8,7 +8,9 @@ mod fast;
 pub mod hlc;
 pub mod message;
 
-pub use codec::{decode_frame, encode_acks, encode_batch, join_encoded, FrameError, Limits};
+pub use codec::{
+    decode_frame, encode_acks, encode_batch, join_encoded, json_strings, FrameError, Limits,
+};
 pub use hlc::{Hlc, HlcClock};
 pub use message::{
     Body, Envelope, Hello, Invalid, Message, MessageType, Response, Role, Value, ValueKind,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::codec::{push_json_str, value_bytes};
+use crate::codec::{push_json_str, push_json_strs, value_bytes};
 use crate::hlc::Hlc;
 
 /// The `clusterGroupId` a message without one belongs to.
@@ -152,16 +152,7 @@ impl Value {
         let mut out = String::with_capacity(value_bytes(self) + 3 * items + 2);
         match self {
             Value::String(s) => push_json_str(&mut out, s),
-            Value::Array(a) => {
-                out.push('[');
-                for (i, s) in a.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    push_json_str(&mut out, s);
-                }
-                out.push(']');
-            }
+            Value::Array(a) => push_json_strs(&mut out, a),
             Value::Weighted(w) => return serde_json::to_string(w).expect("values serialize"),
         }
         out

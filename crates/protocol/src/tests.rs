@@ -355,6 +355,25 @@ fn acks_are_split_to_stay_within_the_receivers_limits() {
 }
 
 #[test]
+fn json_strings_are_what_serde_writes() {
+    for list in [
+        vec![],
+        vec!["a".to_owned()],
+        vec![
+            "n1".to_owned(),
+            "q\"uote".to_owned(),
+            "\u{1} é".to_owned(),
+            String::new(),
+        ],
+    ] {
+        assert_eq!(
+            crate::json_strings(&list),
+            serde_json::to_string(&list).unwrap()
+        );
+    }
+}
+
+#[test]
 fn json_text_of_a_value_is_its_json_printed() {
     let weights: std::collections::BTreeMap<String, f64> =
         [("b".to_owned(), 2.5), ("a".to_owned(), -1.0)].into();

@@ -737,9 +737,9 @@ fn record<'c>(
     now: i64,
     hold: Option<&mut i64>,
 ) -> Result<(Recorded, i64)> {
-    let path = serde_json::to_string(&rec.path).expect("strings serialize");
-    let recipients = (!rec.recipients.is_empty())
-        .then(|| serde_json::to_string(&rec.recipients).expect("strings serialize"));
+    let path = slipstream_protocol::json_strings(&rec.path);
+    let recipients =
+        (!rec.recipients.is_empty()).then(|| slipstream_protocol::json_strings(&rec.recipients));
     let hlc = rec.hlc.to_text();
     let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(params![
         rec.message_id,
