@@ -10,6 +10,7 @@
 
 mod checkpointer;
 mod held;
+mod raw;
 mod schema;
 mod writer;
 

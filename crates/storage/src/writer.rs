@@ -6,13 +6,14 @@
 //! savepoints; if one does fail, the transaction is rolled back and the batch runs again with a
 //! savepoint per operation, so only the failing one is answered with its error.
 
-use rusqlite::{params, CachedStatement, Connection};
+use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::held::{Held, Plan};
+use crate::raw::{Param, RawStatement};
 use crate::{
     now_ms, Apply, CommitObserver, DeliveryObserver, Outgoing, PeerRow, Record, Recorded, Result,
     StorageError, WriterStats,
@@ -40,6 +41,9 @@ pub(crate) enum WriterOp {
 }
 
 pub(crate) struct Writer {
+    /// Prepared on `conn`, so declared before it: fields drop in order, and the statements
+    /// must be finalized before the connection closes.
+    hot: Hot,
     conn: Connection,
     rx: mpsc::Receiver<WriterOp>,
     max_batch: usize,
@@ -72,6 +76,7 @@ impl Writer {
         held: Held,
     ) -> Self {
         Writer {
+            hot: Hot::default(),
             conn,
             rx,
             max_batch,
@@ -188,7 +193,16 @@ impl Writer {
         // Fast path: no savepoints. Any error rolls the whole transaction back.
         let fast = synced.and_then(|()| {
             in_transaction(&self.conn, |tx| {
-                run_batch(tx, &ops, &plan, &mut self.held, hold, now, false)
+                run_batch(
+                    tx,
+                    &mut self.hot,
+                    &ops,
+                    &plan,
+                    &mut self.held,
+                    hold,
+                    now,
+                    false,
+                )
             })
         });
         // Slow path: a savepoint per operation isolates the failing one.
@@ -197,7 +211,16 @@ impl Writer {
                 return Err(e);
             }
             in_transaction(&self.conn, |tx| {
-                run_batch(tx, &ops, &plan, &mut self.held, hold, now, true)
+                run_batch(
+                    tx,
+                    &mut self.hot,
+                    &ops,
+                    &plan,
+                    &mut self.held,
+                    hold,
+                    now,
+                    true,
+                )
             })
         });
         match outcome {
@@ -345,8 +368,10 @@ fn in_transaction<T>(c: &Connection, body: impl FnOnce(&Connection) -> Result<T>
 /// Runs a batch's operations inside its transaction: held rows that must be in the outbox
 /// first, then each operation (each in a savepoint when `isolate`), then the watermark. New
 /// writes' delivery rows get seqs from the held rows' sequence when `hold`.
+#[allow(clippy::too_many_arguments)]
 fn run_batch(
     tx: &Connection,
+    hot: &mut Hot,
     ops: &[WriterOp],
     plan: &Plan,
     held: &mut Held,
@@ -359,12 +384,11 @@ fn run_batch(
     }
     held.write(tx, &plan.write, now)?;
     let mut results = Vec::with_capacity(ops.len());
-    let mut hot = Hot::default();
     for op in ops {
         if !isolate {
             results.push(Ok(execute(
                 tx,
-                &mut hot,
+                hot,
                 op,
                 now,
                 hold.then_some(&mut held.next_seq),
@@ -372,7 +396,7 @@ fn run_batch(
             continue;
         }
         tx.execute_batch("SAVEPOINT op")?;
-        let r = execute(tx, &mut hot, op, now, hold.then_some(&mut held.next_seq));
+        let r = execute(tx, hot, op, now, hold.then_some(&mut held.next_seq));
         tx.execute_batch(if r.is_ok() {
             "RELEASE op"
         } else {
@@ -380,7 +404,6 @@ fn run_batch(
         })?;
         results.push(r);
     }
-    drop(hot);
     if plan.sync_sequence {
         held.follow_sequence(tx)?;
     }
@@ -570,24 +593,25 @@ fn reply(op: WriterOp, result: Result<Done>) {
     }
 }
 
-/// The statements every write runs, each taken from rusqlite's statement cache once per
-/// batch instead of once per write. A cache lookup hashes the statement's SQL text, and giving
-/// the statement back clears its bindings and puts it back in the cache's list: together
-/// about an eighth of the writer's instructions per write (callgrind, BENCHMARKS.md).
+/// The statements every write runs, prepared once for the writer's life and run through
+/// SQLite's C API ([`RawStatement`]), which binds their texts without copying them. Taking
+/// them from rusqlite's statement cache for each write hashed the SQL text and cleared the
+/// bindings on return (about an eighth of the writer's instructions), and rusqlite's binding
+/// copies every text (see `raw.rs`).
 #[derive(Default)]
-struct Hot<'c> {
-    insert_message: Option<CachedStatement<'c>>,
-    upsert_kv: Option<CachedStatement<'c>>,
+struct Hot {
+    insert_message: Option<RawStatement>,
+    upsert_kv: Option<RawStatement>,
 }
 
-/// `slot`'s statement, prepared (or taken from the cache) on first use.
-fn hot_statement<'s, 'c>(
-    slot: &'s mut Option<CachedStatement<'c>>,
-    c: &'c Connection,
+/// `slot`'s statement, prepared on first use.
+fn hot_statement<'s>(
+    slot: &'s mut Option<RawStatement>,
+    c: &Connection,
     sql: &str,
-) -> Result<&'s mut CachedStatement<'c>> {
+) -> Result<&'s mut RawStatement> {
     if slot.is_none() {
-        *slot = Some(c.prepare_cached(sql)?);
+        *slot = Some(RawStatement::prepare(c, sql)?);
     }
     Ok(slot.as_mut().expect("prepared above"))
 }
@@ -605,9 +629,9 @@ const UPSERT_KV: &str =
      WHERE excluded.hlc > kv.hlc OR (excluded.hlc = kv.hlc AND excluded.origin > kv.origin)";
 
 /// Runs one operation inside the batch's transaction.
-fn execute<'c>(
-    c: &'c Connection,
-    hot: &mut Hot<'c>,
+fn execute(
+    c: &Connection,
+    hot: &mut Hot,
     op: &WriterOp,
     now: i64,
     hold: Option<&mut i64>,
@@ -730,9 +754,9 @@ fn update_each(
 
 /// Records a write; returns what happened and the message's journal row (0 when it was
 /// there already). With `hold` (the next seq), its delivery rows are held, not written.
-fn record<'c>(
-    c: &'c Connection,
-    hot: &mut Hot<'c>,
+fn record(
+    c: &Connection,
+    hot: &mut Hot,
     rec: &Record,
     now: i64,
     hold: Option<&mut i64>,
@@ -741,16 +765,16 @@ fn record<'c>(
     let recipients =
         (!rec.recipients.is_empty()).then(|| slipstream_protocol::json_strings(&rec.recipients));
     let hlc = rec.hlc.to_text();
-    let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(params![
-        rec.message_id,
-        rec.group,
-        rec.msg_type,
-        rec.origin,
-        hlc.as_str(),
-        path,
-        &*rec.body,
-        now,
-        recipients
+    let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(&[
+        rec.message_id.as_str().into(),
+        rec.group.as_str().into(),
+        Param::Text(rec.msg_type),
+        rec.origin.as_str().into(),
+        hlc.as_str().into(),
+        path.as_str().into(),
+        Param::Text(&rec.body),
+        now.into(),
+        recipients.as_deref().into(),
     ])?;
     if inserted == 0 {
         return Ok((relay(c, rec, now)?, 0));
@@ -846,9 +870,9 @@ fn relay(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
 }
 
 /// Applies a write to the embedded store; returns whether the store changed.
-fn apply_embedded<'c>(
-    c: &'c Connection,
-    hot: &mut Hot<'c>,
+fn apply_embedded(
+    c: &Connection,
+    hot: &mut Hot,
     apply: &Apply,
     rec: &Record,
     hlc: &str,
@@ -867,14 +891,14 @@ fn apply_embedded<'c>(
             return Ok(n > 0);
         }
     };
-    let n = hot_statement(&mut hot.upsert_kv, c, UPSERT_KV)?.execute(params![
-        key,
-        kind,
-        value,
-        hlc,
-        rec.origin,
-        rec.message_id,
-        now
+    let n = hot_statement(&mut hot.upsert_kv, c, UPSERT_KV)?.execute(&[
+        key.as_str().into(),
+        kind.into(),
+        value.as_str().into(),
+        hlc.into(),
+        rec.origin.as_str().into(),
+        rec.message_id.as_str().into(),
+        now.into(),
     ])?;
     Ok(n > 0)
 }
