@@ -22,9 +22,12 @@
 //! journal id below which no message has a held row. After a crash, [`recover`] writes a pending
 //! row for every recipient of every later message that has none; rows that were acknowledged
 //! just before the crash are then sent once more, and receivers drop them as duplicates. The
-//! watermark is recomputed in every commit, in the same transaction as the rows it accounts
-//! for, so a commit lost in a crash takes its watermark with it: more rows come back, never
-//! fewer.
+//! watermark is recomputed in every commit that holds rows or lets them go, in the same
+//! transaction as the rows it accounts for, so a commit lost in a crash takes its watermark with
+//! it: more rows come back, never fewer. A commit with no row held before or after it (every
+//! commit of a node that only receives) moves the watermark at most once per
+//! [`WATERMARK_EVERY`]: it writes one more page to the WAL, and a lagging watermark only makes
+//! [`recover`] read the journal rows of that last moment, which owe no held row.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -38,6 +41,8 @@ use crate::Result;
 pub const HOLD_FOR: Duration = Duration::from_secs(1);
 /// Most rows held at once (about 80 bytes each); beyond, the oldest are written.
 pub const MAX_HELD: usize = 65_536;
+/// How long the watermark may lag while no row is held (see the module's documentation).
+pub const WATERMARK_EVERY: Duration = Duration::from_secs(1);
 
 /// Per peer: rows held now, and rows acknowledged while held since this process started (they
 /// were never written, so the outbox cannot count them).
@@ -63,8 +68,11 @@ pub(crate) struct Held {
     counts: HeldCounts,
     /// The seq the next delivery row gets, held or written.
     pub(crate) next_seq: i64,
-    /// The `held_through` value last committed.
+    /// The `held_through` value last committed, and when it was.
     watermark: i64,
+    stored_at: Instant,
+    /// [`WATERMARK_EVERY`]; a field so tests can stretch it.
+    pub(crate) watermark_every: Duration,
     /// How long a row may stay held ([`HOLD_FOR`]).
     pub(crate) hold_for: Duration,
 }
@@ -99,6 +107,8 @@ impl Held {
             counts,
             next_seq: table_sequence(conn)?.max(max.unwrap_or(0)) + 1,
             watermark,
+            stored_at: Instant::now(),
+            watermark_every: WATERMARK_EVERY,
             hold_for: HOLD_FOR,
         })
     }
@@ -188,6 +198,16 @@ impl Held {
             .map(|m| m - 1)
     }
 
+    /// Whether a batch after which no row is held must move the watermark: it lets held rows
+    /// go (written or acknowledged, so they must fall below it), or the watermark was last
+    /// moved [`WATERMARK_EVERY`] ago. Otherwise every journal row past it owes no held row, and
+    /// it may lag.
+    pub(crate) fn watermark_due(&self, plan: &Plan) -> bool {
+        !plan.write.is_empty()
+            || !plan.acked.is_empty()
+            || self.stored_at.elapsed() >= self.watermark_every
+    }
+
     /// Records the watermark in the batch's transaction, if it moved.
     pub(crate) fn store_watermark(&self, c: &Connection, watermark: i64) -> Result<()> {
         if watermark != self.watermark {
@@ -197,7 +217,13 @@ impl Held {
     }
 
     /// The batch committed: written and acknowledged rows leave, new ones are held.
-    pub(crate) fn committed(&mut self, plan: &Plan, new_rows: &[(i64, i64, &str)], watermark: i64) {
+    /// `watermark` is what the batch stored, if it stored one.
+    pub(crate) fn committed(
+        &mut self,
+        plan: &Plan,
+        new_rows: &[(i64, i64, &str)],
+        watermark: Option<i64>,
+    ) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let leaving = plan.write.iter().map(|s| (s, false));
         for (seq, acked) in leaving.chain(plan.acked.iter().map(|s| (s, true))) {
@@ -229,7 +255,10 @@ impl Held {
                 },
             );
         }
-        self.watermark = watermark;
+        if let Some(w) = watermark.filter(|w| *w != self.watermark) {
+            self.watermark = w;
+            self.stored_at = born;
+        }
     }
 }
 

@@ -378,7 +378,7 @@ fn run_batch(
     hold: bool,
     now: i64,
     isolate: bool,
-) -> Result<(Vec<Result<Done>>, i64)> {
+) -> Result<(Vec<Result<Done>>, Option<i64>)> {
     if plan.sync_sequence {
         held.sync_sequence(tx)?;
     }
@@ -419,13 +419,18 @@ fn run_batch(
         })
         .collect();
     let watermark = match held.watermark_after(plan, &new_msgs) {
-        Some(w) => w,
+        Some(w) => Some(w),
+        // No row held before or after: the watermark may lag (see `held.rs`).
+        None if !held.watermark_due(plan) => None,
         // Cached, not parsed anew each commit (see `in_transaction`).
-        None => tx
-            .prepare_cached("SELECT coalesce(max(id), 0) FROM messages")?
-            .query_row([], |r| r.get(0))?,
+        None => Some(
+            tx.prepare_cached("SELECT coalesce(max(id), 0) FROM messages")?
+                .query_row([], |r| r.get(0))?,
+        ),
     };
-    held.store_watermark(tx, watermark)?;
+    if let Some(w) = watermark {
+        held.store_watermark(tx, w)?;
+    }
     Ok((results, watermark))
 }
 
@@ -1034,6 +1039,57 @@ mod tests {
             }),
             reply(),
         )
+    }
+
+    /// A write that owes no delivery, as every write a node only receives.
+    fn received(id: &str) -> WriterOp {
+        let mut op = write_to(id, "-");
+        if let WriterOp::Record(rec, _) = &mut op {
+            rec.recipients.clear();
+        }
+        op
+    }
+
+    fn held_through(w: &Writer) -> i64 {
+        let v: String = w
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'held_through'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        v.parse().unwrap()
+    }
+
+    /// Commits with nothing held leave the watermark where it was (for up to
+    /// `WATERMARK_EVERY`); a commit that holds rows or lets them go moves it. A crash after a
+    /// lagging watermark owes nothing again: the journal rows past it owed no held row.
+    #[test]
+    fn the_watermark_lags_only_while_nothing_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        w.held.watermark_every = std::time::Duration::from_secs(3600);
+        let start = held_through(&w);
+        w.commit_batch(&mut vec![received("r1"), received("r2")]);
+        assert_eq!(held_through(&w), start, "nothing held: it lags");
+        // Journal ids 1 and 2 owe nothing; 3 holds a row, so the watermark is just below it.
+        w.commit_batch(&mut vec![write_to("m1", "b")]);
+        assert_eq!(held_through(&w), 2);
+        let seq = w.held.seqs(None).next().expect("m1's row is held");
+        w.commit_batch(&mut vec![WriterOp::MarkAcked(vec![seq], None, reply())]);
+        assert!(w.held.is_empty());
+        assert_eq!(held_through(&w), 3, "the acknowledged row falls below it");
+        w.commit_batch(&mut vec![received("r3")]);
+        assert_eq!(held_through(&w), 3, "lags again");
+        // What a restart after a crash would do: the acknowledged row is not owed again.
+        assert_eq!(crate::held::recover(&w.conn).unwrap(), 4);
+        assert!(rows(&w).is_empty(), "{:?}", rows(&w));
+
+        // Lagging no longer than `watermark_every`.
+        w.held.watermark_every = std::time::Duration::ZERO;
+        w.commit_batch(&mut vec![received("r4")]);
+        assert_eq!(held_through(&w), 5);
     }
 
     fn rows(w: &Writer) -> Vec<String> {
