@@ -439,7 +439,12 @@ impl Node {
         let allowed = command
             .as_ref()
             .is_none_or(|c| self.cfg.cmd_allow.contains(c));
-        let apply = match store::apply_of(&msg) {
+        // A write's key and value are moved into its apply once it is encoded (`record`).
+        let planned = match &msg.body {
+            Body::Set { .. } => Ok(None),
+            _ => store::apply_of(&msg),
+        };
+        let apply = match planned {
             Ok(a) => a,
             Err(_) if !allowed => None,
             Err(e) => {
@@ -556,11 +561,14 @@ impl Node {
                 return Outcome::Ack(accepted.message_id);
             }
         }
-        let apply = apply.filter(|_| accepted.apply);
         let body = accepted.message.encode().into();
         // The journal takes the write's fields instead of copies: afterwards only a command's
         // answer reads the request, and only its id and path (the way back).
         let mut request = accepted.message;
+        let apply = match accepted.apply {
+            true => apply.or_else(|| store::take_set(&mut request)),
+            false => None,
+        };
         let path = match command {
             Some(_) => request.env.message_path.clone(),
             None => std::mem::take(&mut request.env.message_path),

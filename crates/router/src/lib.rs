@@ -238,23 +238,23 @@ impl Router {
                 if let Err(invalid) = msg.check_from_peer() {
                     return Decision::Reject(invalid);
                 }
-                let message_id = msg.env.message_id.clone().unwrap_or_default();
+                let message_id = msg.env.message_id.as_deref().unwrap_or_default();
                 if msg.env.message_path.contains(&me)
                     || msg.env.origin_instance_id.as_deref() == Some(&me)
                 {
                     return Decision::Drop {
                         reason: DropReason::Loop,
-                        message_id,
+                        message_id: message_id.to_owned(),
                     };
                 }
                 // A relay request for a write this node already holds still goes on to the
                 // journal, which adds the requested deliveries to the stored write.
                 if msg.env.relay_to.is_empty()
-                    && self.seen.contains(&message_id, msg.env.group(), now_ms)
+                    && self.seen.contains(message_id, msg.env.group(), now_ms)
                 {
                     return Decision::Drop {
                         reason: DropReason::Duplicate,
-                        message_id,
+                        message_id: message_id.to_owned(),
                     };
                 }
                 match msg.env.hlc {
@@ -265,11 +265,11 @@ impl Router {
             }
         }
         if let Sender::Client = from {
-            let id = msg.env.message_id.clone().unwrap_or_default();
-            if self.seen.contains(&id, msg.env.group(), now_ms) {
+            let id = msg.env.message_id.as_deref().unwrap_or_default();
+            if self.seen.contains(id, msg.env.group(), now_ms) {
                 return Decision::Drop {
                     reason: DropReason::Duplicate,
-                    message_id: id,
+                    message_id: id.to_owned(),
                 };
             }
         }

@@ -4,7 +4,7 @@
 pub mod applier;
 pub mod redis;
 
-use slipstream_protocol::{Body, Message};
+use slipstream_protocol::{Body, Message, Value};
 use slipstream_storage::Apply;
 
 /// Commands Slipstream knows how to run.
@@ -45,9 +45,22 @@ pub fn apply_of(msg: &Message) -> Result<Option<Apply>, String> {
     }
 }
 
+/// The store's write of a `SK`, `SA` or `SW`, moved out of the message rather than copied:
+/// once the message is encoded for the journal, nothing reads its key or value again, and a
+/// value may be large. `None` for any other message.
+pub fn take_set(msg: &mut Message) -> Option<Apply> {
+    match &mut msg.body {
+        Body::Set { key, value } => Some(Apply::Set {
+            key: std::mem::take(key),
+            value: std::mem::replace(value, Value::String(String::new())),
+        }),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use slipstream_protocol::{Envelope, Value};
+    use slipstream_protocol::Envelope;
 
     use super::*;
 
@@ -98,5 +111,8 @@ mod tests {
                 value: Value::String("v".into())
             })
         );
+        let mut taken = set.clone();
+        assert_eq!(take_set(&mut taken), apply_of(&set).unwrap());
+        assert_eq!(take_set(&mut cmd("DEL", &["k"])), None);
     }
 }
