@@ -586,9 +586,9 @@ impl Node {
             recipients: accepted.recipients,
             relay_to: accepted.relay_to,
         };
-        let origin = record.origin.clone();
+        // The record comes back with the answer (its origin and group are read from it
+        // then); the id is copied for the answer in case the writer is gone.
         let message_id = record.message_id.clone();
-        let group = record.group.clone();
         let applied_now = record.apply.is_some() && !queued;
         let has_apply = record.apply.is_some();
         let hlc = record.hlc;
@@ -615,22 +615,27 @@ impl Node {
         // was polled about five times per write (BENCHMARKS.md, "counted in instructions").
         // It only waits for the writer's answer, so it cannot keep the task from yielding.
         let effects = async move {
-            let result = tokio::task::unconstrained(committed)
-                .await
-                .unwrap_or(Err(StorageError::Closed));
+            let (result, record) = match tokio::task::unconstrained(committed).await {
+                Ok((result, record)) => (result, Some(record)),
+                Err(_) => (Err(StorageError::Closed), None),
+            };
+            let (origin, group) = match &record {
+                Some(r) => (r.origin.as_str(), r.group.as_str()),
+                None => ("", ""),
+            };
             match result {
                 // The delivery rows reached their tasks already: the writer hands every
                 // commit's rows over (see `runtime::hand_live_rows`).
                 Ok(Recorded::New { changed, .. }) => {
-                    node.router().mark_seen(&message_id, &group, now_ms());
+                    node.router().mark_seen(&message_id, group, now_ms());
                     if let Some(r) = &shared_dedup {
-                        let mark = r.mark_seen(&group, &message_id, node.cfg.retention);
+                        let mark = r.mark_seen(group, &message_id, node.cfg.retention);
                         let _ = tokio::time::timeout(Duration::from_millis(200), mark).await;
                     }
                     telemetry::recorded(
                         &node,
                         msg_type,
-                        &origin,
+                        origin,
                         &message_id,
                         applied_now.then_some(hlc),
                     );
@@ -661,7 +666,7 @@ impl Node {
                 }
                 Ok(Recorded::Relayed { deliveries }) => {
                     // A write held already, now also owed to peers its origin cannot reach.
-                    node.router().mark_seen(&message_id, &group, now_ms());
+                    node.router().mark_seen(&message_id, group, now_ms());
                     for (peer, _) in &deliveries {
                         node.peers.notify(peer);
                     }
@@ -672,7 +677,7 @@ impl Node {
                     }
                 }
                 Ok(Recorded::Duplicate) => {
-                    node.router().mark_seen(&message_id, &group, now_ms());
+                    node.router().mark_seen(&message_id, group, now_ms());
                     telemetry::dropped(&node, "duplicate", &message_id);
                     Committed::Ack {
                         message_id,

@@ -69,7 +69,7 @@ fn commit(c: &mut Criterion) {
                             waiting.push(storage.submit(r).await.unwrap());
                         }
                         for w in waiting {
-                            w.await.unwrap().unwrap();
+                            w.await.unwrap().0.unwrap();
                         }
                     })
                 },

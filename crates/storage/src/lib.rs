@@ -45,6 +45,12 @@ pub enum StorageError {
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
+/// The answer to [`Storage::submit`], once the write's commit is over: what happened, and the
+/// record itself. The caller's follow-up reads the record's fields instead of copies made
+/// before submitting, and the record is freed on the caller's thread, where it was allocated
+/// (a free from the writer's thread costs the allocator more).
+pub type Submitted = oneshot::Receiver<(Result<Recorded>, Box<Record>)>;
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -361,7 +367,7 @@ impl Storage {
 
     /// Queues a write for the next commit and returns at once; the answer arrives on the
     /// returned receiver after the commit is on disk. Waits only while the queue is full.
-    pub async fn submit(&self, record: Record) -> Result<oneshot::Receiver<Result<Recorded>>> {
+    pub async fn submit(&self, record: Record) -> Result<Submitted> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(WriterOp::Record(Box::new(record), reply))
@@ -376,6 +382,7 @@ impl Storage {
             .await?
             .await
             .map_err(|_| StorageError::Closed)?
+            .0
     }
 
     /// Queues an operation without waiting for its commit (a failed commit is logged by the

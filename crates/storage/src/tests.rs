@@ -370,7 +370,7 @@ async fn many_queued_writes_share_commits() {
         );
     }
     for w in waiting {
-        assert!(matches!(w.await.unwrap().unwrap(), Recorded::New { .. }));
+        assert!(matches!(w.await.unwrap().0.unwrap(), Recorded::New { .. }));
     }
     let commits = s.stats().commits.load(Ordering::Relaxed);
     assert!(commits < 500, "500 writes took {commits} commits");
@@ -515,11 +515,11 @@ async fn a_failing_operation_fails_alone_and_the_rest_of_its_batch_commits() {
     );
     assert!(failed.is_err(), "the sabotaged operation reports its error");
     assert!(matches!(
-        first.await.unwrap().unwrap(),
+        first.await.unwrap().0.unwrap(),
         Recorded::New { .. }
     ));
     assert!(matches!(
-        second.unwrap().await.unwrap().unwrap(),
+        second.unwrap().await.unwrap().0.unwrap(),
         Recorded::New { .. }
     ));
     assert_eq!(s.message_count().await.unwrap(), 2, "both writes committed");

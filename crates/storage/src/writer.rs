@@ -22,7 +22,11 @@ use crate::{
 type Reply<T> = oneshot::Sender<Result<T>>;
 
 pub(crate) enum WriterOp {
-    Record(Box<Record>, Reply<Recorded>),
+    /// Answered with the record itself (see [`crate::Submitted`]).
+    Record(
+        Box<Record>,
+        oneshot::Sender<(Result<Recorded>, Box<Record>)>,
+    ),
     MarkSent(Vec<i64>, Reply<()>),
     MarkAcked(Vec<i64>, Option<&'static str>, Reply<()>),
     CountAttempt(Vec<i64>, Reply<()>),
@@ -569,10 +573,15 @@ fn reply(op: WriterOp, result: Result<Done>) {
         }));
     }
     match op {
-        WriterOp::Record(_, r) => send(r, result, |d| match d {
-            Done::Recorded(x, _) => Some(x),
-            _ => None,
-        }),
+        WriterOp::Record(rec, r) => {
+            let result = result.and_then(|d| match d {
+                Done::Recorded(x, _) => Ok(x),
+                _ => Err(StorageError::Corrupt(
+                    "writer answered with the wrong type".into(),
+                )),
+            });
+            let _ = r.send((result, rec));
+        }
         WriterOp::MarkSent(_, r)
         | WriterOp::MarkAcked(_, _, r)
         | WriterOp::CountAttempt(_, r)
@@ -1037,7 +1046,7 @@ mod tests {
                 recipients: vec![peer.into()],
                 relay_to: Vec::new(),
             }),
-            reply(),
+            oneshot::channel().0,
         )
     }
 
