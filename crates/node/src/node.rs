@@ -487,7 +487,7 @@ impl Node {
         // Only reads and commands are answered (RES); a plain write needs no reply route.
         let answered = is_request || command.is_some();
         if let (Sender::Client, Some(sink), true) = (from, reply, answered) {
-            self.requests.expect(accepted.message_id.clone(), sink);
+            self.requests.expect(accepted.message_id().to_owned(), sink);
         }
         if is_request {
             return self.request(from, *accepted, command.is_some()).await;
@@ -505,7 +505,7 @@ impl Node {
     /// A read or a `PING`: not stored; forwarded at once to the connected recipients and
     /// answered here when it applies here.
     async fn request(self: &Arc<Self>, from: &Sender, a: Accepted, ping: bool) -> Outcome {
-        self.router().mark_seen(&a.message_id, &a.group, now_ms());
+        self.router().mark_seen(a.message_id(), a.group(), now_ms());
         let frame = a.message.encode();
         for peer in &a.recipients {
             self.peers.send_now(peer, &frame);
@@ -525,7 +525,7 @@ impl Node {
         match from {
             Sender::Client => {
                 let res = Response {
-                    in_reply_to: a.message_id,
+                    in_reply_to: a.message_id().to_owned(),
                     instance_id: Some(self.id.clone()),
                     ..res
                 };
@@ -553,12 +553,12 @@ impl Node {
         // SQLite stays the truth; Redis is only asked when reachable, and marked after commit.
         let shared_dedup = self.redis.clone().filter(|_| self.cfg.redis_dedup);
         if let Some(r) = &shared_dedup {
-            let check = r.seen(&accepted.group, &accepted.message_id);
+            let check = r.seen(accepted.group(), accepted.message_id());
             if let Ok(Ok(true)) = tokio::time::timeout(Duration::from_millis(200), check).await {
                 self.router()
-                    .mark_seen(&accepted.message_id, &accepted.group, now_ms());
-                telemetry::dropped(self, "duplicate", &accepted.message_id);
-                return Outcome::Ack(accepted.message_id);
+                    .mark_seen(accepted.message_id(), accepted.group(), now_ms());
+                telemetry::dropped(self, "duplicate", accepted.message_id());
+                return Outcome::Ack(accepted.message_id().to_owned());
             }
         }
         let body = accepted.message.encode().into();
@@ -569,13 +569,24 @@ impl Node {
             true => apply.or_else(|| store::take_set(&mut request)),
             false => None,
         };
-        let path = match command {
-            Some(_) => request.env.message_path.clone(),
-            None => std::mem::take(&mut request.env.message_path),
+        let (path, message_id, group) = match command {
+            Some(_) => (
+                request.env.message_path.clone(),
+                request.env.message_id.clone(),
+                request.env.group().to_owned(),
+            ),
+            None => (
+                std::mem::take(&mut request.env.message_path),
+                request.env.message_id.take(),
+                match request.env.cluster_group_id.take() {
+                    Some(g) => g,
+                    None => request.env.group().to_owned(),
+                },
+            ),
         };
         let record = Record {
-            message_id: accepted.message_id,
-            group: accepted.group,
+            message_id: message_id.unwrap_or_default(),
+            group,
             msg_type,
             origin: request.env.origin_instance_id.take().unwrap_or_default(),
             hlc: accepted.hlc,

@@ -67,8 +67,6 @@ pub struct Accepted {
     /// The message in the form it is stored and forwarded in: this node appended to
     /// `messagePath`, `sourceInstanceId` set to this node, `messageId`, `hlc` and origin filled.
     pub message: Message,
-    pub message_id: String,
-    pub group: String,
     pub hlc: Hlc,
     /// Whether the write is for this node (no `targetedTags`, or one of them is ours).
     pub apply: bool,
@@ -77,6 +75,19 @@ pub struct Accepted {
     /// The recipients the sender asked this node to relay to (`relayTo`): if the write is
     /// already recorded here, deliveries to them are added to it.
     pub relay_to: Vec<String>,
+}
+
+impl Accepted {
+    /// The write's id (the router fills it in when an app leaves it out). Read from the
+    /// message rather than copied: the journal moves it out once the message is encoded.
+    pub fn message_id(&self) -> &str {
+        self.message.env.message_id.as_deref().unwrap_or_default()
+    }
+
+    /// The write's cluster group.
+    pub fn group(&self) -> &str {
+        self.message.env.group()
+    }
 }
 
 /// A peer the router may forward to.
@@ -281,8 +292,6 @@ impl Router {
             .filter(|p| recipients.contains(p))
             .collect();
         Decision::Accept(Box::new(Accepted {
-            message_id: msg.env.message_id.clone().unwrap_or_default(),
-            group: msg.env.group().to_owned(),
             hlc: msg.env.hlc.unwrap_or_default(),
             apply: self.applies_here(&msg.env.targeted_tags),
             recipients,

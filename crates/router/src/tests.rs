@@ -54,7 +54,7 @@ fn a_local_write_is_initialised_with_this_node_as_origin() {
     assert_eq!(env.message_path, vec!["a"]);
     assert_eq!(env.cluster_group_id.as_deref(), Some("singleton"));
     assert_eq!(a.hlc, Hlc::new(5000, 0));
-    assert_eq!(a.message_id, format!("a-{}", Hlc::new(5000, 0)));
+    assert_eq!(a.message_id(), format!("a-{}", Hlc::new(5000, 0)));
     assert!(a.apply);
     assert_eq!(a.recipients, vec!["b", "c"]);
 }
@@ -68,7 +68,7 @@ fn a_local_write_keeps_the_apps_message_id_group_and_hlc() {
     m.env.hlc = Some(Hlc::new(9000, 3));
     let a = accepted(r.route(&Sender::Client, m, 5000));
     assert_eq!(
-        (a.message_id.as_str(), a.group.as_str(), a.hlc),
+        (a.message_id(), a.group(), a.hlc),
         ("pay-1", "g", Hlc::new(9000, 3))
     );
     // The clock moved past the app's stamp.

@@ -115,9 +115,9 @@ impl Net {
         }
         match node.router.route(&from, msg, now) {
             Decision::Accept(a) => {
-                node.router.mark_seen(&a.message_id, &a.group, now);
+                node.router.mark_seen(a.message_id(), a.group(), now);
                 if a.apply {
-                    *node.applied.entry(a.message_id.clone()).or_default() += 1;
+                    *node.applied.entry(a.message_id().to_owned()).or_default() += 1;
                     if let Body::Set { key, value } = &a.message.body {
                         let version = Version {
                             hlc: a.hlc,

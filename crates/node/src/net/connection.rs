@@ -90,6 +90,9 @@ struct Conn {
     ctx: ConnCtx,
     id: u64,
     who: Who,
+    /// `who` as the router names a sender, kept with it rather than made (and the peer's id
+    /// copied) for every message.
+    sender: Sender,
     tx: mpsc::Sender<String>,
     last_rx: Instant,
     commits: FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>>,
@@ -136,6 +139,7 @@ where
         node: node.clone(),
         ctx,
         who: Who::Unknown,
+        sender: Sender::Client,
         tx,
         last_rx: connected_at,
         commits: FuturesOrdered::new(),
@@ -329,13 +333,6 @@ async fn next_push(
 }
 
 impl Conn {
-    fn sender(&self) -> Sender {
-        match &self.who {
-            Who::Peer(id) => Sender::Peer(id.clone()),
-            _ => Sender::Client,
-        }
-    }
-
     fn text(&mut self, frame: String) {
         self.push_out(WsMessage::Text(frame.into()));
     }
@@ -357,7 +354,7 @@ impl Conn {
 
     /// An invalid frame or message: logged, counted, answered with a NACK naming the problem.
     fn invalid(&mut self, message_id: Option<String>, reason: String) -> Result<(), End> {
-        telemetry::invalid(&self.node, &self.sender(), &reason);
+        telemetry::invalid(&self.node, &self.sender, &reason);
         self.nack(message_id, reason);
         self.count_invalid()
     }
@@ -452,7 +449,7 @@ impl Conn {
             Body::Set { .. } | Body::Get { .. } | Body::Command { .. } => {
                 let reply =
                     matches!(self.who, Who::Client).then(|| ReplySink::Frames(self.tx.clone()));
-                match self.node.ingest(&self.sender(), msg, reply).await {
+                match self.node.ingest(&self.sender, msg, reply).await {
                     Outcome::Ack(id) => self.acks.push(id),
                     // The node already counted and logged it; only the rate is checked here.
                     Outcome::Nack { message_id, error } => {
@@ -518,11 +515,13 @@ impl Conn {
         };
         self.node.peers.attach(&self.node, &key, handle, info).await;
         tracing::info!(instance_id = %self.node.id, peer = %key, remote = %self.ctx.remote, direction = ?self.ctx.direction, "peer connected");
+        self.sender = Sender::Peer(key.clone());
         self.who = Who::Peer(key);
     }
 
     fn become_client(&mut self) {
         self.who = Who::Client;
+        self.sender = Sender::Client;
         self.pushes = Some(self.node.clients.subscribe());
     }
 
