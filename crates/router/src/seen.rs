@@ -23,10 +23,19 @@ pub struct SeenCache {
 }
 
 struct Entry {
-    message_id: Box<str>,
-    group: Box<str>,
+    /// The message id followed by the group, in one allocation; `split` is where the group
+    /// starts.
+    key: Box<str>,
+    split: usize,
     hash: u64,
     at: u64,
+}
+
+impl Entry {
+    fn is(&self, message_id: &str, group: &str) -> bool {
+        let (id, g) = self.key.split_at(self.split);
+        id == message_id && g == group
+    }
 }
 
 impl SeenCache {
@@ -58,9 +67,12 @@ impl SeenCache {
         let (order, first) = (&self.order, self.first);
         self.index
             .insert_unique(hash, number, |n| order[(n - first) as usize].hash);
+        let mut key = String::with_capacity(message_id.len() + group.len());
+        key.push_str(message_id);
+        key.push_str(group);
         self.order.push_back(Entry {
-            message_id: message_id.into(),
-            group: group.into(),
+            key: key.into_boxed_str(),
+            split: message_id.len(),
             hash,
             at: now_ms,
         });
@@ -80,7 +92,7 @@ impl SeenCache {
     fn find(&self, hash: u64, message_id: &str, group: &str) -> Option<&Entry> {
         let n = self.index.find(hash, |n| {
             let e = &self.order[(n - self.first) as usize];
-            e.hash == hash && &*e.message_id == message_id && &*e.group == group
+            e.hash == hash && e.is(message_id, group)
         })?;
         Some(&self.order[(n - self.first) as usize])
     }
