@@ -194,38 +194,23 @@ impl Writer {
         // A batch that inserts rows through the table's own sequence holds none: its writes'
         // rows are inserted the same way.
         let hold = self.hold && !plan.sync_sequence;
+        let batch = Batch {
+            ops: &ops,
+            plan: &plan,
+            hold,
+            now,
+        };
+        let (conn, hot, held) = (&self.conn, &mut self.hot, &mut self.held);
+        let mut run =
+            |isolate| in_transaction(conn, |tx| run_batch(tx, hot, held, &batch, isolate));
         // Fast path: no savepoints. Any error rolls the whole transaction back.
-        let fast = synced.and_then(|()| {
-            in_transaction(&self.conn, |tx| {
-                run_batch(
-                    tx,
-                    &mut self.hot,
-                    &ops,
-                    &plan,
-                    &mut self.held,
-                    hold,
-                    now,
-                    false,
-                )
-            })
-        });
+        let fast = synced.and_then(|()| run(false));
         // Slow path: a savepoint per operation isolates the failing one.
         let outcome = fast.or_else(|e| {
             if !self.synced && !marks_only {
                 return Err(e);
             }
-            in_transaction(&self.conn, |tx| {
-                run_batch(
-                    tx,
-                    &mut self.hot,
-                    &ops,
-                    &plan,
-                    &mut self.held,
-                    hold,
-                    now,
-                    true,
-                )
-            })
+            run(true)
         });
         match outcome {
             Ok((results, watermark)) => {
@@ -369,20 +354,30 @@ fn in_transaction<T>(c: &Connection, body: impl FnOnce(&Connection) -> Result<T>
     out
 }
 
+/// What one batch runs, the same on its fast path and, after a failure, its slow one.
+struct Batch<'a> {
+    ops: &'a [WriterOp],
+    plan: &'a Plan,
+    /// New writes' delivery rows are held (get seqs from the held rows' sequence).
+    hold: bool,
+    now: i64,
+}
+
 /// Runs a batch's operations inside its transaction: held rows that must be in the outbox
-/// first, then each operation (each in a savepoint when `isolate`), then the watermark. New
-/// writes' delivery rows get seqs from the held rows' sequence when `hold`.
-#[allow(clippy::too_many_arguments)]
+/// first, then each operation (each in a savepoint when `isolate`), then the watermark.
 fn run_batch(
     tx: &Connection,
     hot: &mut Hot,
-    ops: &[WriterOp],
-    plan: &Plan,
     held: &mut Held,
-    hold: bool,
-    now: i64,
+    batch: &Batch,
     isolate: bool,
 ) -> Result<(Vec<Result<Done>>, Option<i64>)> {
+    let Batch {
+        ops,
+        plan,
+        hold,
+        now,
+    } = *batch;
     if plan.sync_sequence {
         held.sync_sequence(tx)?;
     }
