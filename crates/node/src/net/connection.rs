@@ -33,9 +33,12 @@ const OUT_QUEUE: usize = 256;
 /// and outgoing deliveries: those wait in their own queues (a push queue that overflows closes
 /// an app as too slow; a delivery task waits), while reading and answering go on.
 const UNSENT_PAUSE: usize = 16;
-/// Bytes of answers (ACKs, replies) waiting here past which reading pauses too: how far a
-/// remote that writes a lot before it reads can get ahead. Past it the connection waits for
-/// the remote to read, and the writer's stuck timer closes it if it never does.
+/// Bytes of answers (ACKs, NACKs, replies) waiting here past which reading pauses too: how far
+/// a remote that writes a lot before it reads can get ahead. Past it the connection waits for
+/// the remote to read, and the writer's stuck timer closes it if it never does. Pushes and
+/// deliveries do not count: they are held back by `UNSENT_PAUSE` instead, and a few pushed
+/// frames of a megabyte each would otherwise stop the reading that an app writing everything
+/// before it reads needs.
 const MAX_UNSENT_BYTES: usize = 4 << 20;
 /// Most pushed writes sent to a local app in one frame.
 const MAX_PUSH_BATCH: usize = 256;
@@ -97,10 +100,11 @@ struct Conn {
     last_rx: Instant,
     commits: FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>>,
     pushes: Option<broadcast::Receiver<Arc<str>>>,
-    /// Frames to write, oldest first, handed to the writer task as its queue has room.
-    out: VecDeque<WsMessage>,
-    /// Bytes of the frames in `out`.
-    out_bytes: usize,
+    /// Frames to write, oldest first, handed to the writer task as its queue has room; each
+    /// marked whether it answers what the remote sent.
+    out: VecDeque<(WsMessage, bool)>,
+    /// Bytes of the answers in `out` (see `MAX_UNSENT_BYTES`).
+    answer_bytes: usize,
     acks: Vec<String>,
     /// Invalid messages since `invalid_since` (a one-second window).
     invalid_count: u32,
@@ -145,7 +149,7 @@ where
         commits: FuturesOrdered::new(),
         pushes: None,
         out: VecDeque::new(),
-        out_bytes: 0,
+        answer_bytes: 0,
         acks: Vec::new(),
         invalid_count: 0,
         invalid_since: connected_at,
@@ -184,7 +188,7 @@ where
                 // Pushes before new input: an app that writes fast must not fall behind on
                 // the writes it is pushed.
                 push = next_push(&mut conn.pushes), if !backed_up => Event::Push(push),
-                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.out_bytes < MAX_UNSENT_BYTES => Event::Frame(frame),
+                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.answer_bytes < MAX_UNSENT_BYTES => Event::Frame(frame),
                 _ = ticker.tick() => Event::Tick,
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
             };
@@ -257,7 +261,7 @@ where
     // Answers still waiting here (the last ACKs on shutdown) get as long as the close frame.
     let unsent = std::mem::take(&mut conn.out);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        for frame in unsent {
+        for (frame, _) in unsent {
             if out_tx.send(frame).await.is_err() {
                 break;
             }
@@ -333,23 +337,33 @@ async fn next_push(
 }
 
 impl Conn {
-    fn text(&mut self, frame: String) {
-        self.push_out(WsMessage::Text(frame.into()));
+    /// A frame that answers what the remote sent (an ACK, a NACK, a reply).
+    fn answer(&mut self, frame: String) {
+        self.push_out(WsMessage::Text(frame.into()), true);
     }
 
-    fn push_out(&mut self, frame: WsMessage) {
-        self.out_bytes += frame.len();
-        self.out.push_back(frame);
+    /// A frame this node sends of its own accord (a push, a delivery).
+    fn text(&mut self, frame: String) {
+        self.push_out(WsMessage::Text(frame.into()), false);
+    }
+
+    fn push_out(&mut self, frame: WsMessage, answer: bool) {
+        if answer {
+            self.answer_bytes += frame.len();
+        }
+        self.out.push_back((frame, answer));
     }
 
     fn pop_out(&mut self) -> Option<WsMessage> {
-        let frame = self.out.pop_front()?;
-        self.out_bytes -= frame.len();
+        let (frame, answer) = self.out.pop_front()?;
+        if answer {
+            self.answer_bytes -= frame.len();
+        }
         Some(frame)
     }
 
     fn nack(&mut self, message_id: Option<String>, error: String) {
-        self.text(Message::nack(&self.node.id, message_id, error).encode());
+        self.answer(Message::nack(&self.node.id, message_id, error).encode());
     }
 
     /// An invalid frame or message: logged, counted, answered with a NACK naming the problem.
@@ -440,7 +454,7 @@ impl Conn {
             Body::Hello(_) => unreachable!("handled above"),
             Body::Command { ref command, .. } if !self.ctx.authenticated => {
                 tracing::error!(instance_id = %self.node.id, remote = %self.ctx.remote, command = %command, "command refused: the connection is not authenticated");
-                self.text(
+                self.answer(
                     self.node
                         .refusal(&msg, "commands need an authenticated connection (bearer token, client certificate, or loopback)")
                         .encode(),
@@ -456,7 +470,7 @@ impl Conn {
                         self.nack(message_id, error);
                         self.count_invalid()?;
                     }
-                    Outcome::Reply(m) => self.text(m.encode()),
+                    Outcome::Reply(m) => self.answer(m.encode()),
                     Outcome::Commit(fut) => self.commits.push_back(fut),
                     Outcome::Done => {}
                 }
@@ -541,7 +555,7 @@ impl Conn {
         if !self.acks.is_empty() {
             let ids = std::mem::take(&mut self.acks);
             for frame in encode_acks(&self.node.id, ids, &self.node.cfg.limits) {
-                self.text(frame);
+                self.answer(frame);
             }
         }
     }
@@ -609,7 +623,7 @@ impl Conn {
             return Err(End::Close(CloseCode::Away, "heartbeat timeout".into()));
         }
         let now = self.node.started.elapsed().as_micros() as u64;
-        self.push_out(WsMessage::Ping(now.to_be_bytes().to_vec().into()));
+        self.push_out(WsMessage::Ping(now.to_be_bytes().to_vec().into()), false);
         Ok(())
     }
 
