@@ -205,9 +205,7 @@ where
                     Ok(())
                 }
                 Event::Room(permit) => {
-                    if let Some(frame) = conn.pop_out() {
-                        permit.send(frame);
-                    }
+                    conn.send_oldest(permit);
                     Ok(())
                 }
                 Event::Committed(done) => {
@@ -231,11 +229,7 @@ where
             // progress, which ends the connection (its rows go again on the next one).
             while !conn.out.is_empty() {
                 match out_tx.try_reserve() {
-                    Ok(permit) => {
-                        if let Some(frame) = conn.pop_out() {
-                            permit.send(frame);
-                        }
-                    }
+                    Ok(permit) => conn.send_oldest(permit),
                     // The writer ended; `write_stuck` or the next read ends this loop.
                     Err(_) => break,
                 }
@@ -354,12 +348,14 @@ impl Conn {
         self.out.push_back((frame, answer));
     }
 
-    fn pop_out(&mut self) -> Option<WsMessage> {
-        let (frame, answer) = self.out.pop_front()?;
-        if answer {
-            self.answer_bytes -= frame.len();
+    /// Hands the oldest waiting frame to the writer task, in the room reserved for it.
+    fn send_oldest(&mut self, permit: mpsc::Permit<'_, WsMessage>) {
+        if let Some((frame, answer)) = self.out.pop_front() {
+            if answer {
+                self.answer_bytes -= frame.len();
+            }
+            permit.send(frame);
         }
-        Some(frame)
     }
 
     fn nack(&mut self, message_id: Option<String>, error: String) {
