@@ -12,7 +12,7 @@
 //! - After `MAX_MESSAGE_REPUBLISH_ATTEMPTS` unanswered sends, the row is dead-lettered.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -82,7 +82,7 @@ pub struct DeliveryTask {
     /// In-flight rows whose wait ran out, to be sent again (before new rows).
     resend: BTreeSet<i64>,
     /// In-flight rows by message id, to settle them from ACKs (which name ids).
-    by_id: HashMap<Arc<str>, Seqs>,
+    by_id: foldhash::HashMap<Arc<str>, Seqs>,
     /// Whether the outbox may hold rows past the cursor and `queued`.
     more: bool,
     /// The rows right after the cursor, in seq order, to send next: read ahead from the
@@ -155,7 +155,7 @@ impl DeliveryTask {
             cursor: 0,
             inflight: BTreeMap::new(),
             resend: BTreeSet::new(),
-            by_id: HashMap::new(),
+            by_id: foldhash::HashMap::default(),
             more: true,
             queued: VecDeque::new(),
             queued_bytes: 0,

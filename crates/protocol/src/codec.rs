@@ -153,7 +153,8 @@ pub(crate) fn value_bytes(v: &Value) -> usize {
 pub(crate) fn ack_ids(first: Option<String>, rest: Vec<String>) -> Vec<String> {
     let keep: Vec<bool> = {
         // Sized once: grown from empty, the set rehashed about as many ids again as it held.
-        let mut seen = std::collections::HashSet::with_capacity(rest.len() + 1);
+        let mut seen =
+            foldhash::HashSet::with_capacity_and_hasher(rest.len() + 1, Default::default());
         seen.extend(first.as_deref());
         rest.iter().map(|id| seen.insert(id.as_str())).collect()
     };

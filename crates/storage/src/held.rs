@@ -29,7 +29,7 @@
 //! [`WATERMARK_EVERY`]: it writes one more page to the WAL, and a lagging watermark only makes
 //! [`recover`] read the journal rows of that last moment, which owe no held row.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ pub struct PeerHeld {
 
 /// Shared between the writer and the storage handle. Its keys are also the held rows' peer
 /// names, so each peer's name is allocated once.
-pub(crate) type HeldCounts = Arc<Mutex<HashMap<Arc<str>, PeerHeld>>>;
+pub(crate) type HeldCounts = Arc<Mutex<foldhash::HashMap<Arc<str>, PeerHeld>>>;
 
 struct Row {
     msg: i64,
@@ -184,7 +184,7 @@ impl Held {
     /// `new_msgs` are the messages of the batch that hold new rows. `None` when no row will be
     /// held: the watermark is then the newest message.
     pub(crate) fn watermark_after(&self, plan: &Plan, new_msgs: &[i64]) -> Option<i64> {
-        let leaving: std::collections::HashSet<i64> =
+        let leaving: foldhash::HashSet<i64> =
             plan.write.iter().chain(&plan.acked).copied().collect();
         let oldest_kept = self
             .rows

@@ -514,7 +514,7 @@ fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Ou
 /// overwritten in the same transaction. Under load most acknowledgements arrive within a
 /// commit or two of the send, so this saves a row update per delivery.
 fn skip_sent_marks_of_acked_rows(ops: &mut [WriterOp]) {
-    let acked: std::collections::HashSet<i64> = ops
+    let acked: foldhash::HashSet<i64> = ops
         .iter()
         .filter_map(|op| match op {
             WriterOp::MarkAcked(seqs, _, _) => Some(seqs.iter().copied()),
@@ -541,7 +541,7 @@ fn skip_acked_marks_of_held_rows(ops: &mut [WriterOp], acked: &[i64]) {
     if acked.is_empty() {
         return;
     }
-    let held: std::collections::HashSet<i64> = acked.iter().copied().collect();
+    let held: foldhash::HashSet<i64> = acked.iter().copied().collect();
     for op in ops.iter_mut() {
         if let WriterOp::MarkAcked(seqs, _, _) = op {
             seqs.retain(|s| !held.contains(s));
