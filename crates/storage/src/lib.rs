@@ -701,6 +701,11 @@ impl Storage {
     /// this stays cheap for metrics scrapes however many rows are retained; counting the
     /// acknowledged rows (`with_acked`) scans the outbox and is for `/status` only.
     pub async fn peer_counts(&self, with_acked: bool) -> Result<Vec<(String, PeerCounts)>> {
+        // Rows held in memory are open too; rows acknowledged while held were never written.
+        // Their counts are read before the outbox: a held row the writer writes out meanwhile
+        // is then counted twice for a moment, never missed (read the other way round, a
+        // backlog written out between the two reads did not show in `pending`).
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut out = self.count(move |c| {
             let mut out: std::collections::BTreeMap<String, PeerCounts> = Default::default();
             let mut count = |sql: &str, set: fn(&mut PeerCounts, &str, u64)| -> Result<()> {
@@ -740,8 +745,6 @@ impl Storage {
             Ok(out)
         })
         .await?;
-        // Rows held in memory are open too; rows acknowledged while held were never written.
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (peer, h) in held {
             if h.held > 0 || (with_acked && h.acked > 0) {
                 let c = out.entry(peer.to_string()).or_default();
