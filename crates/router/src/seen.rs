@@ -4,7 +4,6 @@ use std::collections::VecDeque;
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
-
 use hashbrown::HashTable;
 
 /// Remembers recently committed messages so duplicates are dropped without a database read.
