@@ -785,6 +785,74 @@ async fn an_app_that_reads_only_after_writing_everything_is_served() {
     assert_eq!(acked.len(), n);
 }
 
+/// An app that asks for large values and does not read the replies: once 4 MiB of replies
+/// wait unwritten, counting those already in the socket writer's queue, the node stops reading
+/// from that app, so what it holds for it stays bounded. What the app sends next waits in its
+/// socket; other apps are served meanwhile; the app gets every reply once it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_does_not_read_its_replies_is_not_read_past_4_mib_of_them() {
+    let a = start(NodeOptions::default().env("SLIPSTREAM_HEARTBEAT_SECONDS", "30"));
+    let value = "v".repeat(256 * 1024);
+    let mut other = WsClient::app(&a.ws_url()).await.unwrap();
+    other
+        .publish(&[("big".into(), value.clone())])
+        .await
+        .unwrap();
+    // 240 reads of 256 KiB, 60 MiB of replies in fewer frames than the writer's queue holds
+    // (256): only the count of their bytes stops the node taking them all, and the write
+    // after them.
+    let n = 240;
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    // How long this node takes to answer 20 such reads to an app that reads them: the
+    // watch below lasts three times as long as all 240 would take at that pace.
+    let started = tokio::time::Instant::now();
+    for i in 0..20 {
+        app.send(&json!({"type": "GK", "key": "big", "messageId": format!("pace-{i}")}))
+            .await
+            .unwrap();
+        app.recv_until(LONG, |v| v["type"] == "RES").await.unwrap();
+    }
+    let watch = started.elapsed() * (3 * n / 20) as u32;
+    for i in 0..n {
+        app.send(&json!({"type": "GK", "key": "big", "messageId": format!("read-{i}")}))
+            .await
+            .unwrap();
+    }
+    app.send(&json!({"type": "SK", "key": "after", "value": "x", "messageId": "after-1"}))
+        .await
+        .unwrap();
+    // Another app is served meanwhile. A node that took everything would record `after`
+    // once it had answered the reads; within three times that long, it must not.
+    other
+        .publish(&[("other".into(), "y".into())])
+        .await
+        .unwrap();
+    let watch_until = tokio::time::Instant::now() + watch.max(Duration::from_secs(1));
+    while tokio::time::Instant::now() < watch_until {
+        assert_eq!(
+            a.key("after").await.unwrap(),
+            None,
+            "the node read past 4 MiB of unread replies"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut replies = 0;
+    loop {
+        let m = app.recv(LONG).await.unwrap();
+        match m["type"].as_str() {
+            Some("RES") => {
+                assert_eq!(m["inReplyTo"], format!("read-{replies}"), "in order");
+                assert_eq!(m["value"].as_str().map(str::len), Some(value.len()));
+                replies += 1;
+            }
+            Some("ACK") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(replies, n, "every reply, then the write's ACK");
+    assert!(a.key("after").await.unwrap().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_from_a_peer_is_acknowledged_in_acks_within_the_batch_limit() {
     // A peer sends 3,000 writes in full frames as fast as it can; many commit together. The

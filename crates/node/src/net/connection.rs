@@ -6,6 +6,7 @@
 //! of [`Conn`] do the work.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,12 +34,14 @@ const OUT_QUEUE: usize = 256;
 /// and outgoing deliveries: those wait in their own queues (a push queue that overflows closes
 /// an app as too slow; a delivery task waits), while reading and answering go on.
 const UNSENT_PAUSE: usize = 16;
-/// Bytes of answers (ACKs, NACKs, replies) waiting here past which reading pauses too: how far
-/// a remote that writes a lot before it reads can get ahead. Past it the connection waits for
-/// the remote to read, and the writer's stuck timer closes it if it never does. Pushes and
-/// deliveries do not count: they are held back by `UNSENT_PAUSE` instead, and a few pushed
-/// frames of a megabyte each would otherwise stop the reading that an app writing everything
-/// before it reads needs.
+/// Bytes of answers (ACKs, NACKs, replies) not yet written to the socket, waiting here or in
+/// the writer task's queue, past which reading pauses too: how far a remote that writes a lot
+/// before it reads can get ahead. Past it the connection waits for the remote to read, and the
+/// writer's stuck timer closes it if it never does. Answers in the writer's queue count too:
+/// 256 frames of replies of up to a megabyte each could wait there. Pushes and deliveries do
+/// not count: they are held back by `UNSENT_PAUSE` instead, and a few pushed frames of a
+/// megabyte each would otherwise stop the reading that an app writing everything before it
+/// reads needs.
 const MAX_UNSENT_BYTES: usize = 4 << 20;
 /// Most pushed writes sent to a local app in one frame.
 const MAX_PUSH_BATCH: usize = 256;
@@ -73,13 +76,27 @@ enum Event<'a> {
     /// The writer task gave up: the remote stopped reading.
     WriteStuck,
     /// The writer task's queue has room for the oldest frame waiting here.
-    Room(mpsc::Permit<'a, WsMessage>),
+    Room(mpsc::Permit<'a, Queued>),
+    /// The writer task wrote answers: reading may go on.
+    Written,
     Frame(Option<Result<WsMessage, WsError>>),
     Out(String),
     Committed(Committed),
     Push(Result<Arc<str>, broadcast::error::RecvError>),
     Tick,
     HelloTimeout,
+}
+
+/// A frame in the writer task's queue, with the bytes of answer it holds (0 for a push or a
+/// delivery), released once it is written.
+type Queued = (WsMessage, usize);
+
+/// Bytes of answers handed to the writer task and not written yet (see `MAX_UNSENT_BYTES`),
+/// and the wake-up of a connection that paused reading on them.
+#[derive(Default)]
+struct InWriter {
+    bytes: std::sync::atomic::AtomicUsize,
+    written: tokio::sync::Notify,
 }
 
 /// Why the loop ends.
@@ -105,6 +122,8 @@ struct Conn {
     out: VecDeque<(WsMessage, bool)>,
     /// Bytes of the answers in `out` (see `MAX_UNSENT_BYTES`).
     answer_bytes: usize,
+    /// Bytes of the answers in the writer task's queue.
+    in_writer: Arc<InWriter>,
     acks: Vec<String>,
     /// Invalid messages since `invalid_since` (a one-second window).
     invalid_count: u32,
@@ -130,13 +149,15 @@ where
     // for the remote to read: two ends that both write a lot and read only between writes
     // would otherwise wait on each other until the heartbeat timeout ends the connection.
     let heartbeat = node.cfg.heartbeat;
-    let (out_tx, out_rx) = mpsc::channel::<WsMessage>(OUT_QUEUE);
+    let (out_tx, out_rx) = mpsc::channel::<Queued>(OUT_QUEUE);
     let write_stuck = tokio_util::sync::CancellationToken::new();
+    let in_writer = Arc::new(InWriter::default());
     let writer = tokio::spawn(write_frames(
         sink,
         out_rx,
         heartbeat * 3,
         write_stuck.clone(),
+        in_writer.clone(),
     ));
     let mut conn = Conn {
         id: node.next_conn_id(),
@@ -150,6 +171,7 @@ where
         pushes: None,
         out: VecDeque::new(),
         answer_bytes: 0,
+        in_writer: in_writer.clone(),
         acks: Vec::new(),
         invalid_count: 0,
         invalid_since: connected_at,
@@ -162,7 +184,7 @@ where
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = connected_at + HELLO_WAIT;
     let end = if out_tx
-        .send(WsMessage::Text(conn.hello_sent.clone().into()))
+        .send((WsMessage::Text(conn.hello_sent.clone().into()), 0))
         .await
         .is_err()
     {
@@ -175,6 +197,8 @@ where
             // `out`, and while many do, pushes and deliveries wait where they are. Reading
             // goes on, so a remote that writes everything before it reads is still served.
             let backed_up = conn.out.len() >= UNSENT_PAUSE;
+            let reading =
+                conn.answer_bytes + in_writer.bytes.load(Ordering::Relaxed) < MAX_UNSENT_BYTES;
             let event = tokio::select! {
                 biased;
                 _ = node.shutdown.cancelled() => Event::Shutdown,
@@ -188,7 +212,8 @@ where
                 // Pushes before new input: an app that writes fast must not fall behind on
                 // the writes it is pushed.
                 push = next_push(&mut conn.pushes), if !backed_up => Event::Push(push),
-                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.answer_bytes < MAX_UNSENT_BYTES => Event::Frame(frame),
+                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && reading => Event::Frame(frame),
+                _ = in_writer.written.notified(), if !reading => Event::Written,
                 _ = ticker.tick() => Event::Tick,
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
             };
@@ -208,6 +233,7 @@ where
                     conn.send_oldest(permit);
                     Ok(())
                 }
+                Event::Written => Ok(()),
                 Event::Committed(done) => {
                     conn.on_committed(done);
                     Ok(())
@@ -256,7 +282,7 @@ where
     let unsent = std::mem::take(&mut conn.out);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         for (frame, _) in unsent {
-            if out_tx.send(frame).await.is_err() {
+            if out_tx.send((frame, 0)).await.is_err() {
                 break;
             }
         }
@@ -270,7 +296,7 @@ where
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            out_tx.send(WsMessage::Close(Some(frame))),
+            out_tx.send((WsMessage::Close(Some(frame)), 0)),
         )
         .await;
     }
@@ -292,9 +318,10 @@ where
 /// (the remote stopped reading) cancels `stuck`, which ends the connection.
 async fn write_frames<S>(
     mut sink: S,
-    mut out: mpsc::Receiver<WsMessage>,
+    mut out: mpsc::Receiver<Queued>,
     stuck_after: Duration,
     stuck: tokio_util::sync::CancellationToken,
+    in_writer: Arc<InWriter>,
 ) where
     S: Sink<WsMessage, Error = WsError> + Unpin,
 {
@@ -307,8 +334,9 @@ async fn write_frames<S>(
                 Err(_) => break,
             }
         }
+        let answers: usize = batch.iter().map(|(_, bytes)| bytes).sum();
         let write = async {
-            for frame in batch.drain(..) {
+            for (frame, _) in batch.drain(..) {
                 sink.feed(frame).await?;
             }
             sink.flush().await
@@ -316,6 +344,10 @@ async fn write_frames<S>(
         if !matches!(tokio::time::timeout(stuck_after, write).await, Ok(Ok(()))) {
             stuck.cancel();
             return;
+        }
+        if answers > 0 {
+            in_writer.bytes.fetch_sub(answers, Ordering::Relaxed);
+            in_writer.written.notify_one();
         }
     }
     let _ = sink.close().await;
@@ -349,12 +381,13 @@ impl Conn {
     }
 
     /// Hands the oldest waiting frame to the writer task, in the room reserved for it.
-    fn send_oldest(&mut self, permit: mpsc::Permit<'_, WsMessage>) {
+    fn send_oldest(&mut self, permit: mpsc::Permit<'_, Queued>) {
         if let Some((frame, answer)) = self.out.pop_front() {
-            if answer {
-                self.answer_bytes -= frame.len();
-            }
-            permit.send(frame);
+            let bytes = if answer { frame.len() } else { 0 };
+            // Counted in the writer's queue until written (see `MAX_UNSENT_BYTES`).
+            self.answer_bytes -= bytes;
+            self.in_writer.bytes.fetch_add(bytes, Ordering::Relaxed);
+            permit.send((frame, bytes));
         }
     }
 
