@@ -183,6 +183,8 @@ where
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = connected_at + HELLO_WAIT;
+    // Whether reading paused on unwritten answers at the last turn (counted once per pause).
+    let mut paused = false;
     let end = if out_tx
         .send((WsMessage::Text(conn.hello_sent.clone().into()), 0))
         .await
@@ -199,6 +201,10 @@ where
             let backed_up = conn.out.len() >= UNSENT_PAUSE;
             let reading =
                 conn.answer_bytes + in_writer.bytes.load(Ordering::Relaxed) < MAX_UNSENT_BYTES;
+            if !reading && !paused {
+                node.metrics.read_pauses.inc();
+            }
+            paused = !reading;
             let event = tokio::select! {
                 biased;
                 _ = node.shutdown.cancelled() => Event::Shutdown,

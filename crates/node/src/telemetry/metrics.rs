@@ -32,6 +32,7 @@ pub struct Metrics {
     pub uptime: Gauge,
     pub refused: IntCounterVec,
     pub frames_sent: IntCounter,
+    pub read_pauses: IntCounter,
     pub bytes_sent: IntCounter,
 }
 
@@ -153,6 +154,10 @@ impl Metrics {
                 &["reason"],
             ),
             frames_sent: counter("slipstream_frames_sent_total", "Frames of messages sent to peers"),
+            read_pauses: counter(
+                "slipstream_read_pauses_total",
+                "Times a connection stopped reading because 4 MiB of its answers were not yet written (the remote reads them too slowly)",
+            ),
             bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
             wal_frames: IntGauge::new(
                 "slipstream_wal_frames",
@@ -189,6 +194,7 @@ impl Metrics {
         register(Box::new(m.uptime.clone()));
         register(Box::new(m.refused.clone()));
         register(Box::new(m.frames_sent.clone()));
+        register(Box::new(m.read_pauses.clone()));
         register(Box::new(m.bytes_sent.clone()));
         #[cfg(target_os = "linux")]
         register(Box::new(
