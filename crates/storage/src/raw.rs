@@ -4,8 +4,9 @@
 //! copy of the text, copy it and free the copy when the statement is reset. For a write's
 //! thirteen text columns, binding was about a tenth of a replica's instructions (callgrind).
 //! Here texts are bound with `SQLITE_STATIC`: SQLite reads them where they are, and a replica
-//! runs about 5 % fewer instructions per write, an origin about 4 % (BENCHMARKS.md). That is sound only while the texts outlive the statement's use of them, so the one way
-//! to run a statement, [`RawStatement::execute`], binds, steps, resets and clears the bindings
+//! runs about 5 % fewer instructions per write, an origin about 4 % (BENCHMARKS.md). That is
+//! sound only while the texts outlive the statement's use of them, so the one way to run a
+//! statement, [`RawStatement::execute`], binds, steps, resets and clears the bindings
 //! in one call that borrows the texts for its whole length: no pointer is left behind in SQLite
 //! once it returns.
 
@@ -50,9 +51,10 @@ pub(crate) struct RawStatement {
     params: usize,
 }
 
-// SAFETY: the statement belongs to one connection and travels with it; rusqlite's
-// `Connection` is `Send`, and SQLite is built thread-safe (serialized) by rusqlite's bundled
-// build, so using a statement from the thread the connection moved to is allowed.
+// SAFETY: the statement belongs to one connection and moves with it to the writer's thread,
+// where both are used; rusqlite's `Connection` is `Send` for the same reason. SQLite's
+// multi-thread mode (rusqlite opens connections `NO_MUTEX` on a thread-safe build) allows a
+// connection and its statements on any one thread at a time.
 unsafe impl Send for RawStatement {}
 
 impl RawStatement {
