@@ -11,8 +11,9 @@
 //!   go back to waiting, with no attempt counted, and are sent again in order on reconnect.
 //! - After `MAX_MESSAGE_REPUBLISH_ATTEMPTS` unanswered sends, the row is dead-lettered.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+mod inflight;
+
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +26,8 @@ use crate::config::Forwarding;
 use crate::net::backoff::doubled;
 use crate::node::Node;
 use crate::telemetry;
+
+use inflight::{InFlight, InFlightRows};
 
 /// Most rows in one frame.
 const MAX_FRAME_ROWS: usize = 256;
@@ -59,14 +62,6 @@ pub enum DeliveryCmd {
     Live(Vec<Outgoing>),
 }
 
-struct InFlight {
-    message_id: Arc<str>,
-    /// Unanswered sends already counted in the database.
-    attempts: u32,
-    /// When the current send counts as unanswered; `None` while queued to be sent again.
-    deadline: Option<Instant>,
-}
-
 pub struct DeliveryTask {
     node: Arc<Node>,
     peer: String,
@@ -78,11 +73,9 @@ pub struct DeliveryTask {
     standby: Vec<ConnHandle>,
     /// Highest seq read from the outbox in this attachment.
     cursor: i64,
-    inflight: BTreeMap<i64, InFlight>,
+    inflight: InFlightRows,
     /// In-flight rows whose wait ran out, to be sent again (before new rows).
     resend: BTreeSet<i64>,
-    /// In-flight rows by message id, to settle them from ACKs (which name ids).
-    by_id: foldhash::HashMap<Arc<str>, Seqs>,
     /// Whether the outbox may hold rows past the cursor and `queued`.
     more: bool,
     /// The rows right after the cursor, in seq order, to send next: read ahead from the
@@ -101,29 +94,6 @@ pub struct DeliveryTask {
     /// After the connection to the peer dropped: when to deliver its recent writes to the
     /// peers it announced it delivers to, in its place, and from when (Unix ms).
     take_over: Option<(Instant, u64)>,
-}
-
-/// The in-flight rows of one message id, in send order: almost always one (an id repeats
-/// only across cluster groups), kept without an allocation of its own.
-enum Seqs {
-    One(i64),
-    Many(VecDeque<i64>),
-}
-
-impl Seqs {
-    fn first(&self) -> i64 {
-        match self {
-            Seqs::One(s) => *s,
-            Seqs::Many(q) => *q.front().expect("emptied lists are removed"),
-        }
-    }
-
-    fn push(&mut self, seq: i64) {
-        match self {
-            Seqs::One(first) => *self = Seqs::Many(VecDeque::from([*first, seq])),
-            Seqs::Many(q) => q.push_back(seq),
-        }
-    }
 }
 
 enum Event {
@@ -153,9 +123,8 @@ impl DeliveryTask {
             active: None,
             standby: Vec::new(),
             cursor: 0,
-            inflight: BTreeMap::new(),
+            inflight: InFlightRows::default(),
             resend: BTreeSet::new(),
-            by_id: foldhash::HashMap::default(),
             more: true,
             queued: VecDeque::new(),
             queued_bytes: 0,
@@ -324,27 +293,14 @@ impl DeliveryTask {
         self.cursor = 0;
         self.inflight.clear();
         self.resend.clear();
-        self.by_id.clear();
         self.more = true;
         self.next_deadline = None;
     }
 
-    /// Forgets an in-flight row (acknowledged, dead, or no longer open).
+    /// Forgets an in-flight row (dead, or no longer open).
     fn settle(&mut self, seq: i64) {
         self.resend.remove(&seq);
-        if let Some(f) = self.inflight.remove(&seq) {
-            let gone = match self.by_id.get_mut(&f.message_id) {
-                Some(Seqs::One(s)) => *s == seq,
-                Some(Seqs::Many(q)) => {
-                    q.retain(|s| *s != seq);
-                    q.is_empty()
-                }
-                None => false,
-            };
-            if gone {
-                self.by_id.remove(&f.message_id);
-            }
-        }
+        self.inflight.settle(seq);
     }
 
     /// Rows for the next frame: those due again first, else new rows after the cursor.
@@ -431,26 +387,21 @@ impl DeliveryTask {
                     skipped.push(row.seq);
                     continue;
                 }
-                match self.by_id.entry(row.message_id.clone()) {
-                    Entry::Vacant(v) => {
-                        v.insert(Seqs::One(row.seq));
-                    }
-                    Entry::Occupied(mut o) => o.get_mut().push(row.seq),
-                }
-            } else {
-                self.resend.remove(&row.seq);
-                self.node.metrics.republished.inc();
             }
             let deadline = now + doubled(self.node.cfg.retry_base, row.attempts);
             self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
-            self.inflight.insert(
-                row.seq,
-                InFlight {
+            if resending {
+                self.resend.remove(&row.seq);
+                self.node.metrics.republished.inc();
+                self.inflight.resent(row.seq, row.attempts, deadline);
+            } else {
+                let sent = InFlight {
                     message_id: row.message_id,
                     attempts: row.attempts,
                     deadline: Some(deadline),
-                },
-            );
+                };
+                self.inflight.sent(row.seq, sent);
+            }
             bodies.push(row.body);
             match types.iter_mut().find(|(t, _)| *t == row.msg_type) {
                 Some((_, n)) => *n += 1,
@@ -485,8 +436,8 @@ impl DeliveryTask {
         let mut others = Vec::new();
         for id in ids {
             // One ACK settles one row: two messages may share an id across cluster groups.
-            if let Some(seq) = self.by_id.get(id.as_str()).map(Seqs::first) {
-                self.settle(seq);
+            if let Some(seq) = self.inflight.settle_id(&id) {
+                self.resend.remove(&seq);
                 seqs.push(seq);
             } else {
                 others.push(id);
@@ -506,7 +457,7 @@ impl DeliveryTask {
 
     async fn on_timeout(&mut self) {
         self.expire().await;
-        self.next_deadline = self.inflight.values().filter_map(|f| f.deadline).min();
+        self.next_deadline = self.inflight.iter().filter_map(|(_, f)| f.deadline).min();
     }
 
     /// Counts an attempt against every row whose wait ran out: those out of attempts are
@@ -516,12 +467,12 @@ impl DeliveryTask {
         let max = self.node.cfg.max_republish_attempts;
         let mut dead = Vec::new();
         let mut retry = Vec::new();
-        for (seq, f) in &self.inflight {
+        for (seq, f) in self.inflight.iter() {
             if f.deadline.is_some_and(|d| d <= now) {
                 if f.attempts + 1 >= max {
-                    dead.push((*seq, f.message_id.clone()));
+                    dead.push((seq, f.message_id.clone()));
                 } else {
-                    retry.push(*seq);
+                    retry.push(seq);
                 }
             }
         }
@@ -531,7 +482,7 @@ impl DeliveryTask {
                 telemetry::storage_failed(&self.node, "count attempt", &e);
             }
             for seq in &retry {
-                if let Some(f) = self.inflight.get_mut(seq) {
+                if let Some(f) = self.inflight.get_mut(*seq) {
                     f.attempts += 1;
                     f.deadline = None;
                 }
@@ -647,22 +598,4 @@ pub struct DeliveryHandle {
     pub new_rows: Arc<Notify>,
     /// Set when live rows could not be handed over (the queue was full).
     pub missed: Arc<AtomicBool>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_of_one_message_id_are_kept_in_send_order() {
-        let mut s = Seqs::One(7);
-        assert_eq!(s.first(), 7);
-        s.push(9);
-        s.push(11);
-        assert_eq!(s.first(), 7);
-        match &s {
-            Seqs::Many(q) => assert_eq!(q.iter().copied().collect::<Vec<_>>(), [7, 9, 11]),
-            Seqs::One(_) => panic!("a second row makes a list"),
-        }
-    }
 }
