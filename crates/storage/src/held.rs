@@ -29,7 +29,8 @@
 //! [`WATERMARK_EVERY`]: it writes one more page to the WAL, and a lagging watermark only makes
 //! [`recover`] read the journal rows of that last moment, which owe no held row.
 
-use std::collections::BTreeMap;
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub const HOLD_FOR: Duration = Duration::from_secs(1);
 pub const MAX_HELD: usize = 65_536;
 /// How long the watermark may lag while no row is held (see the module's documentation).
 pub const WATERMARK_EVERY: Duration = Duration::from_secs(1);
+/// Empty slots a peer's queue may hold beyond twice its rows before they are dropped at once
+/// (see [`PeerRows`]).
+const SLACK: usize = 256;
 
 /// Per peer: rows held now, and rows acknowledged while held since this process started (they
 /// were never written, so the outbox cannot count them).
@@ -56,15 +60,87 @@ pub struct PeerHeld {
 /// names, so each peer's name is allocated once.
 pub(crate) type HeldCounts = Arc<Mutex<foldhash::HashMap<Arc<str>, PeerHeld>>>;
 
+/// A held row: its message and when it was first held.
+#[derive(Clone, Copy)]
 struct Row {
     msg: i64,
-    peer: Arc<str>,
     born: Instant,
+}
+
+/// One peer's held rows, in a queue by seq. Each write held at an origin adds a row per peer
+/// and its ACK takes it away a moment later, so this is on the path of every write and peer:
+/// rows are added in seq order at the back, and acknowledged in about that order from the
+/// front. A row that leaves out of order leaves an empty slot until the rows before it leave
+/// too; a row is held at most [`HOLD_FOR`], so the slots behind one never acknowledged are
+/// bounded by that time, and dropped all at once when they outnumber the rows (`SLACK`).
+/// A queue per peer rather than one for all: a peer that stalls keeps only its own rows.
+/// (One `BTreeMap` for all peers cost about 1,100 instructions per row; one queue for all
+/// peers cost memory at 7 nodes, as a stalled peer's rows kept every other peer's slots.)
+struct PeerRows {
+    name: Arc<str>,
+    slots: VecDeque<(i64, Option<Row>)>,
+    rows: usize,
+}
+
+impl PeerRows {
+    fn position(&self, seq: i64) -> Option<usize> {
+        let (first, last) = (self.slots.front()?.0, self.slots.back()?.0);
+        if seq == first {
+            return Some(0);
+        }
+        if seq < first || seq > last {
+            return None;
+        }
+        self.slots.binary_search_by_key(&seq, |(s, _)| *s).ok()
+    }
+
+    fn live(&self) -> impl Iterator<Item = (i64, &Row)> + '_ {
+        self.slots
+            .iter()
+            .filter_map(|(s, r)| r.as_ref().map(|r| (*s, r)))
+    }
+
+    fn push(&mut self, seq: i64, row: Row) {
+        match self.slots.back() {
+            Some((last, _)) if *last >= seq => {
+                match self.slots.binary_search_by_key(&seq, |(s, _)| *s) {
+                    Ok(i) => {
+                        let slot = &mut self.slots[i].1;
+                        self.rows += usize::from(slot.is_none());
+                        *slot = Some(row);
+                    }
+                    Err(i) => {
+                        self.slots.insert(i, (seq, Some(row)));
+                        self.rows += 1;
+                    }
+                }
+            }
+            _ => {
+                self.slots.push_back((seq, Some(row)));
+                self.rows += 1;
+            }
+        }
+    }
+
+    /// Drops empty slots at the front, and all of them past the slack.
+    fn trim(&mut self) {
+        while self.slots.front().is_some_and(|(_, r)| r.is_none()) {
+            self.slots.pop_front();
+        }
+        if self.slots.len() > 2 * self.rows + SLACK {
+            self.slots.retain(|(_, r)| r.is_some());
+        }
+    }
 }
 
 /// The writer's held rows.
 pub(crate) struct Held {
-    rows: BTreeMap<i64, Row>,
+    peers: Vec<PeerRows>,
+    /// Rows held, over all peers.
+    rows: usize,
+    /// The peer whose row was found last: the next lookup most likely names another of its
+    /// rows (acknowledgements come from one peer's delivery task at a time).
+    last: Cell<usize>,
     counts: HeldCounts,
     /// The seq the next delivery row gets, held or written.
     pub(crate) next_seq: i64,
@@ -103,7 +179,9 @@ impl Held {
         let max: Option<i64> =
             conn.query_row("SELECT max(seq) FROM deliveries", [], |r| r.get(0))?;
         Ok(Held {
-            rows: BTreeMap::new(),
+            peers: Vec::new(),
+            rows: 0,
+            last: Cell::new(0),
             counts,
             next_seq: table_sequence(conn)?.max(max.unwrap_or(0)) + 1,
             watermark,
@@ -114,34 +192,84 @@ impl Held {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.rows == 0
+    }
+
+    /// The peer and slot of a held row.
+    fn find(&self, seq: i64) -> Option<(usize, usize)> {
+        let last = self.last.get();
+        let order = std::iter::once(last).chain((0..self.peers.len()).filter(|p| *p != last));
+        for p in order {
+            let Some(peer) = self.peers.get(p) else {
+                continue;
+            };
+            if let Some(i) = peer.position(seq) {
+                if peer.slots[i].1.is_some() {
+                    self.last.set(p);
+                    return Some((p, i));
+                }
+                return None;
+            }
+        }
+        None
     }
 
     pub(crate) fn contains(&self, seq: i64) -> bool {
-        self.rows.contains_key(&seq)
+        self.find(seq).is_some()
     }
 
     /// When the oldest held row is due to be written.
     pub(crate) fn next_due(&self) -> Option<Instant> {
-        self.rows.values().next().map(|r| r.born + self.hold_for)
+        self.peers
+            .iter()
+            .filter_map(|p| p.live().next().map(|(_, r)| r.born + self.hold_for))
+            .min()
     }
 
     /// Held seqs: all, or one peer's.
     pub(crate) fn seqs<'a>(&'a self, peer: Option<&'a str>) -> impl Iterator<Item = i64> + 'a {
-        self.rows
+        self.peers
             .iter()
-            .filter(move |(_, r)| peer.is_none_or(|p| *r.peer == *p))
-            .map(|(s, _)| *s)
+            .filter(move |p| peer.is_none_or(|name| *p.name == *name))
+            .flat_map(|p| p.live().map(|(s, _)| s))
     }
 
-    /// Rows due by age or over the cap.
-    pub(crate) fn due(&self, now: Instant) -> impl Iterator<Item = i64> + '_ {
-        let over = self.rows.len().saturating_sub(MAX_HELD);
-        self.rows
-            .iter()
-            .enumerate()
-            .take_while(move |(i, (_, r))| *i < over || r.born + self.hold_for <= now)
-            .map(|(_, (s, _))| *s)
+    /// Rows due by age, and the oldest over the cap. Rows are held in seq order, so both are
+    /// the oldest rows of all peers; each is listed once.
+    pub(crate) fn due(&self, now: Instant) -> impl Iterator<Item = i64> {
+        let mut due: Vec<i64> = Vec::new();
+        let mut aged = Vec::with_capacity(self.peers.len());
+        for p in &self.peers {
+            let before = due.len();
+            due.extend(
+                p.live()
+                    .take_while(|(_, r)| r.born + self.hold_for <= now)
+                    .map(|(s, _)| s),
+            );
+            aged.push(due.len() - before);
+        }
+        let over = self.rows.saturating_sub(MAX_HELD);
+        if over > due.len() {
+            // The oldest of the rest: merge the peers' queues by seq.
+            let mut heads: Vec<_> = self
+                .peers
+                .iter()
+                .zip(aged)
+                .map(|(p, aged)| p.live().skip(aged).map(|(s, _)| s).peekable())
+                .collect();
+            for _ in due.len()..over {
+                let next = heads
+                    .iter_mut()
+                    .filter_map(|h| h.peek().copied().map(|s| (s, h)))
+                    .min_by_key(|(s, _)| *s);
+                let Some((seq, head)) = next else {
+                    break;
+                };
+                head.next();
+                due.push(seq);
+            }
+        }
+        due.into_iter()
     }
 
     /// Writes these held rows to the outbox as pending, inside the batch's transaction.
@@ -151,8 +279,11 @@ impl Held {
              VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
         )?;
         for seq in seqs {
-            if let Some(r) = self.rows.get(seq) {
-                st.execute(params![seq, r.msg, &*r.peer, now_ms])?;
+            if let Some((p, i)) = self.find(*seq) {
+                let peer = &self.peers[p];
+                if let Some(r) = &peer.slots[i].1 {
+                    st.execute(params![seq, r.msg, &*peer.name, now_ms])?;
+                }
             }
         }
         Ok(())
@@ -186,11 +317,14 @@ impl Held {
     pub(crate) fn watermark_after(&self, plan: &Plan, new_msgs: &[i64]) -> Option<i64> {
         let leaving: foldhash::HashSet<i64> =
             plan.write.iter().chain(&plan.acked).copied().collect();
+        // A peer's rows are held in the order their messages were recorded: its first row
+        // that stays has its oldest message.
         let oldest_kept = self
-            .rows
+            .peers
             .iter()
-            .find(|(s, _)| !leaving.contains(s))
-            .map(|(_, r)| r.msg);
+            .filter_map(|p| p.live().find(|(s, _)| !leaving.contains(s)))
+            .map(|(_, r)| r.msg)
+            .min();
         oldest_kept
             .into_iter()
             .chain(new_msgs.iter().copied())
@@ -217,43 +351,75 @@ impl Held {
     }
 
     /// The batch committed: written and acknowledged rows leave, new ones are held.
-    /// `watermark` is what the batch stored, if it stored one.
+    /// `watermark` is what the batch stored, if it stored one. The shared counts are updated
+    /// once per peer, not per row.
     pub(crate) fn committed(
         &mut self,
         plan: &Plan,
         new_rows: &[(i64, i64, &str)],
         watermark: Option<i64>,
     ) {
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        // Per peer: rows that left, and how many of them were acknowledged; rows added.
+        let mut deltas = vec![(0u64, 0u64, 0u64); self.peers.len()];
         let leaving = plan.write.iter().map(|s| (s, false));
         for (seq, acked) in leaving.chain(plan.acked.iter().map(|s| (s, true))) {
-            let row = self.rows.remove(seq);
-            if let Some(c) = row.and_then(|r| counts.get_mut(&*r.peer)) {
-                c.held -= 1;
-                c.acked += u64::from(acked);
+            if let Some((p, i)) = self.find(*seq) {
+                self.peers[p].slots[i].1 = None;
+                self.peers[p].rows -= 1;
+                self.rows -= 1;
+                deltas[p].0 += 1;
+                deltas[p].1 += u64::from(acked);
+            }
+        }
+        for (p, d) in self.peers.iter_mut().zip(&deltas) {
+            if d.0 > 0 {
+                p.trim();
             }
         }
         let born = Instant::now();
+        let mut at = 0;
         for (seq, msg, peer) in new_rows {
-            let peer = match counts.get_key_value(*peer) {
-                Some((name, _)) => name.clone(),
+            // A batch's rows go to the same few peers in turn: try the one after the last.
+            let p = match (0..self.peers.len())
+                .map(|k| (at + k) % self.peers.len())
+                .find(|p| *self.peers[*p].name == **peer)
+            {
+                Some(p) => p,
                 None => {
-                    let name: Arc<str> = (*peer).into();
-                    counts.insert(name.clone(), PeerHeld::default());
-                    name
+                    let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+                    let name = match counts.get_key_value(*peer) {
+                        Some((name, _)) => name.clone(),
+                        None => {
+                            let name: Arc<str> = (*peer).into();
+                            counts.insert(name.clone(), PeerHeld::default());
+                            name
+                        }
+                    };
+                    self.peers.push(PeerRows {
+                        name,
+                        slots: VecDeque::new(),
+                        rows: 0,
+                    });
+                    deltas.push((0, 0, 0));
+                    self.peers.len() - 1
                 }
             };
-            if let Some(c) = counts.get_mut(&peer) {
-                c.held += 1;
+            self.peers[p].push(*seq, Row { msg: *msg, born });
+            self.rows += 1;
+            deltas[p].2 += 1;
+            at = p + 1;
+        }
+        if deltas.iter().any(|d| *d != (0, 0, 0)) {
+            let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            for (p, (left, acked, added)) in self.peers.iter().zip(deltas) {
+                if (left, added) == (0, 0) {
+                    continue;
+                }
+                if let Some(c) = counts.get_mut(&*p.name) {
+                    c.held = c.held + added - left;
+                    c.acked += acked;
+                }
             }
-            self.rows.insert(
-                *seq,
-                Row {
-                    msg: *msg,
-                    peer,
-                    born,
-                },
-            );
         }
         if let Some(w) = watermark.filter(|w| *w != self.watermark) {
             self.watermark = w;
@@ -336,4 +502,107 @@ fn put_watermark(c: &Connection, watermark: i64) -> Result<()> {
     )?
     .execute(params![watermark.to_string()])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held() -> (Held, HeldCounts) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::schema::SCHEMA).unwrap();
+        let counts = HeldCounts::default();
+        (Held::open(&conn, counts.clone()).unwrap(), counts)
+    }
+
+    fn count(counts: &HeldCounts, peer: &str) -> (u64, u64) {
+        let c = counts.lock().unwrap();
+        c.get(peer).map_or((0, 0), |c| (c.held, c.acked))
+    }
+
+    /// Messages 1..=n, each owing a row to b and to c: seqs 2m-1 (b) and 2m (c).
+    fn hold_writes(h: &mut Held, n: i64) {
+        let rows: Vec<(i64, i64, &str)> = (1..=n)
+            .flat_map(|m| [(2 * m - 1, m, "b"), (2 * m, m, "c")])
+            .collect();
+        h.committed(&Plan::default(), &rows, None);
+    }
+
+    #[test]
+    fn rows_of_several_peers_leave_in_any_order() {
+        let (mut h, counts) = held();
+        hold_writes(&mut h, 4);
+        assert_eq!(count(&counts, "b"), (4, 0));
+        assert_eq!(h.seqs(Some("c")).collect::<Vec<_>>(), [2, 4, 6, 8]);
+        // c acknowledges its third row before the others; b's second is written out.
+        let plan = Plan {
+            write: vec![3],
+            acked: vec![6, 1],
+            ..Plan::default()
+        };
+        // The oldest row that stays is c's first (message 1).
+        assert_eq!(h.watermark_after(&plan, &[]), Some(0));
+        h.committed(&plan, &[], None);
+        assert_eq!(count(&counts, "b"), (2, 1));
+        assert_eq!(count(&counts, "c"), (3, 1));
+        assert!(!h.contains(6) && !h.contains(3) && h.contains(2));
+        assert_eq!(h.seqs(None).collect::<Vec<_>>(), [5, 7, 2, 4, 8]);
+        let plan = Plan {
+            acked: vec![2, 4, 5],
+            ..Plan::default()
+        };
+        // Left: b's row of message 4 and c's of message 4.
+        assert_eq!(h.watermark_after(&plan, &[]), Some(3));
+        assert_eq!(h.watermark_after(&plan, &[2]), Some(1));
+        h.committed(&plan, &[], None);
+        let plan = Plan {
+            acked: vec![7, 8],
+            ..Plan::default()
+        };
+        assert_eq!(h.watermark_after(&plan, &[]), None, "nothing held after it");
+        h.committed(&plan, &[], None);
+        assert!(h.is_empty());
+        assert_eq!(count(&counts, "b"), (0, 3));
+        assert_eq!(count(&counts, "c"), (0, 4));
+    }
+
+    #[test]
+    fn rows_are_due_by_age_and_the_oldest_of_all_peers_over_the_cap() {
+        let (mut h, _) = held();
+        let n = MAX_HELD as i64 / 2 + 3;
+        hold_writes(&mut h, n);
+        let now = Instant::now();
+        // Six rows over the cap: the six lowest seqs, whichever peer they belong to.
+        let mut due: Vec<i64> = h.due(now).collect();
+        due.sort_unstable();
+        assert_eq!(due, [1, 2, 3, 4, 5, 6]);
+        // Every row is due once it has been held long enough, each once.
+        let mut due: Vec<i64> = h.due(now + HOLD_FOR).collect();
+        due.sort_unstable();
+        due.dedup();
+        assert_eq!(due.len(), 2 * n as usize);
+        assert_eq!(h.due(now + HOLD_FOR).count(), 2 * n as usize);
+        assert_eq!(
+            h.next_due(),
+            h.peers[0].live().next().map(|(_, r)| r.born + HOLD_FOR)
+        );
+    }
+
+    #[test]
+    fn a_row_never_acknowledged_keeps_its_queue_bounded() {
+        let (mut h, counts) = held();
+        // b's first row stays while 10,000 rows after it come and go.
+        h.committed(&Plan::default(), &[(1, 1, "b")], None);
+        for seq in 2..10_000 {
+            h.committed(&Plan::default(), &[(seq, seq, "b")], None);
+            let plan = Plan {
+                acked: vec![seq],
+                ..Plan::default()
+            };
+            h.committed(&plan, &[], None);
+            assert!(h.peers[0].slots.len() <= 2 * h.peers[0].rows + SLACK + 1);
+        }
+        assert_eq!(h.seqs(None).collect::<Vec<_>>(), [1]);
+        assert_eq!(count(&counts, "b"), (1, 9_998));
+    }
 }
