@@ -185,15 +185,8 @@ async fn prune_loop(node: Arc<Node>) {
 /// Hands one commit's delivery rows to their peers' delivery tasks. Runs on the writer thread
 /// right after the commit, so commits hand their rows over in order; a task that is behind,
 /// or whose queue is full, reads them from the outbox instead.
-fn hand_live_rows(node: &Node, batch: Vec<(String, slipstream_storage::Outgoing)>) {
-    let mut by_peer: Vec<(String, Vec<slipstream_storage::Outgoing>)> = Vec::new();
-    for (peer, row) in batch {
-        match by_peer.iter_mut().find(|(p, _)| *p == peer) {
-            Some((_, list)) => list.push(row),
-            None => by_peer.push((peer, vec![row])),
-        }
-    }
-    for (peer, list) in by_peer {
-        node.peers.live(&peer, list);
+fn hand_live_rows(node: &Node, by_peer: Vec<(String, Vec<slipstream_storage::Outgoing>)>) {
+    for (peer, rows) in by_peer {
+        node.peers.live(&peer, rows);
     }
 }

@@ -193,9 +193,9 @@ pub struct WriterStats {
 /// Called after each commit with the number of operations it carried.
 pub type CommitObserver = Arc<dyn Fn(usize) + Send + Sync>;
 
-/// Called after each commit with the delivery rows it created for new writes, as (peer, row)
-/// in seq order, so they can be sent without being read back from the database.
-pub type DeliveryObserver = Arc<dyn Fn(Vec<(String, Outgoing)>) + Send + Sync>;
+/// Called after each commit with the delivery rows it created for new writes, per peer and in
+/// seq order, so they can be sent without being read back from the database.
+pub type DeliveryObserver = Arc<dyn Fn(Vec<(String, Vec<Outgoing>)>) + Send + Sync>;
 
 /// Tuning for the writer.
 #[derive(Clone)]

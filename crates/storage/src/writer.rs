@@ -480,9 +480,10 @@ fn only_marks(ops: &[WriterOp]) -> bool {
     })
 }
 
-/// The delivery rows a committed batch created for new writes, in seq order.
-fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Outgoing)> {
-    let mut rows = Vec::new();
+/// The delivery rows a committed batch created for new writes, per peer in seq order. Grouped
+/// here, so each peer's name is copied once per commit rather than once per row.
+fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Vec<Outgoing>)> {
+    let mut by_peer: Vec<(String, Vec<Outgoing>)> = Vec::new();
     for (op, result) in ops.iter().zip(results) {
         if let (WriterOp::Record(rec, _), Ok(Done::Recorded(Recorded::New { deliveries, .. }, _))) =
             (op, result)
@@ -493,21 +494,22 @@ fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Ou
             let path: Arc<[String]> = rec.path.as_slice().into();
             let message_id: Arc<str> = rec.message_id.as_str().into();
             for (peer, seq) in deliveries {
-                rows.push((
-                    peer.clone(),
-                    Outgoing {
-                        seq: *seq,
-                        message_id: message_id.clone(),
-                        msg_type: rec.msg_type,
-                        path: path.clone(),
-                        body: rec.body.clone(),
-                        attempts: 0,
-                    },
-                ));
+                let row = Outgoing {
+                    seq: *seq,
+                    message_id: message_id.clone(),
+                    msg_type: rec.msg_type,
+                    path: path.clone(),
+                    body: rec.body.clone(),
+                    attempts: 0,
+                };
+                match by_peer.iter_mut().find(|(p, _)| p == peer) {
+                    Some((_, rows)) => rows.push(row),
+                    None => by_peer.push((peer.clone(), vec![row])),
+                }
             }
         }
     }
-    rows
+    by_peer
 }
 
 /// A row acknowledged in the same batch that marks it sent skips the `sent` step: it would be
@@ -1027,6 +1029,10 @@ mod tests {
     }
 
     fn write_to(id: &str, peer: &str) -> WriterOp {
+        write_to_all(id, &[peer])
+    }
+
+    fn write_to_all(id: &str, peers: &[&str]) -> WriterOp {
         WriterOp::Record(
             Box::new(Record {
                 message_id: id.into(),
@@ -1038,11 +1044,58 @@ mod tests {
                 body: "{}".into(),
                 apply: None,
                 queue_apply: false,
-                recipients: vec![peer.into()],
+                recipients: peers.iter().map(|p| p.to_string()).collect(),
                 relay_to: Vec::new(),
             }),
             oneshot::channel().0,
         )
+    }
+
+    #[test]
+    fn a_commits_new_delivery_rows_go_to_their_peers_grouped_in_seq_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::open_writer_conn(&dir.path().join("w.db")).unwrap();
+        conn.execute_batch(crate::schema::SCHEMA).unwrap();
+        let (_tx, rx) = mpsc::channel(1);
+        let held = Held::open(&conn, Default::default()).unwrap();
+        // Per peer: (seq, message id) of each row handed over.
+        type Handed = Vec<(String, Vec<(i64, String)>)>;
+        let seen: Arc<std::sync::Mutex<Handed>> = Arc::default();
+        let observe = seen.clone();
+        let on_deliveries: DeliveryObserver = Arc::new(move |by_peer| {
+            let rows = by_peer.into_iter().map(|(peer, rows)| {
+                let rows = rows.into_iter().map(|r| (r.seq, r.message_id.to_string()));
+                (peer, rows.collect())
+            });
+            observe.lock().unwrap().extend(rows);
+        });
+        let mut w = Writer::new(
+            conn,
+            rx,
+            16,
+            Arc::default(),
+            None,
+            Some(on_deliveries),
+            held,
+        );
+        w.commit_batch(&mut vec![
+            write_to_all("m1", &["b", "c"]),
+            write_to("m2", "c"),
+            write_to_all("m3", &["c", "b"]),
+        ]);
+        let seen = seen.lock().unwrap().clone();
+        let ids = |peer: &str| -> Vec<String> {
+            let rows = &seen
+                .iter()
+                .find(|(p, _)| p == peer)
+                .expect("the peer's rows")
+                .1;
+            assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "in seq order");
+            rows.iter().map(|(_, id)| id.clone()).collect()
+        };
+        assert_eq!(seen.len(), 2, "one list per peer: {seen:?}");
+        assert_eq!(ids("b"), ["m1", "m3"]);
+        assert_eq!(ids("c"), ["m1", "m2", "m3"]);
     }
 
     /// A write that owes no delivery, as every write a node only receives.
