@@ -40,7 +40,7 @@ use crate::Result;
 
 /// How long a row may stay held before it is written to the outbox.
 pub const HOLD_FOR: Duration = Duration::from_secs(1);
-/// Most rows held at once (about 80 bytes each); beyond, the oldest are written.
+/// Most rows held at once (32 bytes each in its peer's queue); beyond, the oldest are written.
 pub const MAX_HELD: usize = 65_536;
 /// How long the watermark may lag while no row is held (see the module's documentation).
 pub const WATERMARK_EVERY: Duration = Duration::from_secs(1);
