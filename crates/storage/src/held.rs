@@ -30,13 +30,12 @@
 //! [`recover`] read the journal rows of that last moment, which owe no held row.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::Result;
+use crate::{Result, SeqQueue};
 
 /// How long a row may stay held before it is written to the outbox.
 pub const HOLD_FOR: Duration = Duration::from_secs(1);
@@ -44,9 +43,6 @@ pub const HOLD_FOR: Duration = Duration::from_secs(1);
 pub const MAX_HELD: usize = 65_536;
 /// How long the watermark may lag while no row is held (see the module's documentation).
 pub const WATERMARK_EVERY: Duration = Duration::from_secs(1);
-/// Empty slots a peer's queue may hold beyond twice its rows before they are dropped at once
-/// (see [`PeerRows`]).
-const SLACK: usize = 256;
 
 /// Per peer: rows held now, and rows acknowledged while held since this process started (they
 /// were never written, so the outbox cannot count them).
@@ -67,70 +63,15 @@ struct Row {
     born: Instant,
 }
 
-/// One peer's held rows, in a queue by seq. Each write held at an origin adds a row per peer
-/// and its ACK takes it away a moment later, so this is on the path of every write and peer:
-/// rows are added in seq order at the back, and acknowledged in about that order from the
-/// front. A row that leaves out of order leaves an empty slot until the rows before it leave
-/// too; a row is held at most [`HOLD_FOR`], so the slots behind one never acknowledged are
-/// bounded by that time, and dropped all at once when they outnumber the rows (`SLACK`).
-/// A queue per peer rather than one for all: a peer that stalls keeps only its own rows.
-/// (One `BTreeMap` for all peers cost about 1,100 instructions per row; one queue for all
-/// peers cost memory at 7 nodes, as a stalled peer's rows kept every other peer's slots.)
+/// One peer's held rows. Each write held at an origin adds a row per peer and its ACK takes
+/// it away a moment later, so this is on the path of every write and peer; a queue by seq
+/// ([`SeqQueue`]) per peer rather than one for all, so a peer that stalls keeps only its own
+/// rows (one queue for all peers cost memory at 7 nodes, as a stalled peer's rows kept every
+/// other peer's slots; one `BTreeMap` for all cost about 1,100 instructions per row). A row
+/// is held at most [`HOLD_FOR`], which bounds the empty slots behind one never acknowledged.
 struct PeerRows {
     name: Arc<str>,
-    slots: VecDeque<(i64, Option<Row>)>,
-    rows: usize,
-}
-
-impl PeerRows {
-    fn position(&self, seq: i64) -> Option<usize> {
-        let (first, last) = (self.slots.front()?.0, self.slots.back()?.0);
-        if seq == first {
-            return Some(0);
-        }
-        if seq < first || seq > last {
-            return None;
-        }
-        self.slots.binary_search_by_key(&seq, |(s, _)| *s).ok()
-    }
-
-    fn live(&self) -> impl Iterator<Item = (i64, &Row)> + '_ {
-        self.slots
-            .iter()
-            .filter_map(|(s, r)| r.as_ref().map(|r| (*s, r)))
-    }
-
-    fn push(&mut self, seq: i64, row: Row) {
-        match self.slots.back() {
-            Some((last, _)) if *last >= seq => {
-                match self.slots.binary_search_by_key(&seq, |(s, _)| *s) {
-                    Ok(i) => {
-                        let slot = &mut self.slots[i].1;
-                        self.rows += usize::from(slot.is_none());
-                        *slot = Some(row);
-                    }
-                    Err(i) => {
-                        self.slots.insert(i, (seq, Some(row)));
-                        self.rows += 1;
-                    }
-                }
-            }
-            _ => {
-                self.slots.push_back((seq, Some(row)));
-                self.rows += 1;
-            }
-        }
-    }
-
-    /// Drops empty slots at the front, and all of them past the slack.
-    fn trim(&mut self) {
-        while self.slots.front().is_some_and(|(_, r)| r.is_none()) {
-            self.slots.pop_front();
-        }
-        if self.slots.len() > 2 * self.rows + SLACK {
-            self.slots.retain(|(_, r)| r.is_some());
-        }
-    }
+    rows: SeqQueue<Row>,
 }
 
 /// The writer's held rows.
@@ -195,20 +136,19 @@ impl Held {
         self.rows == 0
     }
 
-    /// The peer and slot of a held row.
-    fn find(&self, seq: i64) -> Option<(usize, usize)> {
+    /// The peer of a held row: the one found last first (acknowledgements come from one
+    /// peer's delivery task at a time).
+    fn find(&self, seq: i64) -> Option<usize> {
         let last = self.last.get();
         let order = std::iter::once(last).chain((0..self.peers.len()).filter(|p| *p != last));
         for p in order {
-            let Some(peer) = self.peers.get(p) else {
-                continue;
-            };
-            if let Some(i) = peer.position(seq) {
-                if peer.slots[i].1.is_some() {
-                    self.last.set(p);
-                    return Some((p, i));
-                }
-                return None;
+            if self
+                .peers
+                .get(p)
+                .is_some_and(|peer| peer.rows.get(seq).is_some())
+            {
+                self.last.set(p);
+                return Some(p);
             }
         }
         None
@@ -222,7 +162,7 @@ impl Held {
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.peers
             .iter()
-            .filter_map(|p| p.live().next().map(|(_, r)| r.born + self.hold_for))
+            .filter_map(|p| p.rows.iter().next().map(|(_, r)| r.born + self.hold_for))
             .min()
     }
 
@@ -231,7 +171,7 @@ impl Held {
         self.peers
             .iter()
             .filter(move |p| peer.is_none_or(|name| *p.name == *name))
-            .flat_map(|p| p.live().map(|(s, _)| s))
+            .flat_map(|p| p.rows.iter().map(|(s, _)| s))
     }
 
     /// Rows due by age, and the oldest over the cap. Rows are held in seq order, so both are
@@ -242,7 +182,8 @@ impl Held {
         for p in &self.peers {
             let before = due.len();
             due.extend(
-                p.live()
+                p.rows
+                    .iter()
                     .take_while(|(_, r)| r.born + self.hold_for <= now)
                     .map(|(s, _)| s),
             );
@@ -255,7 +196,7 @@ impl Held {
                 .peers
                 .iter()
                 .zip(aged)
-                .map(|(p, aged)| p.live().skip(aged).map(|(s, _)| s).peekable())
+                .map(|(p, aged)| p.rows.iter().skip(aged).map(|(s, _)| s).peekable())
                 .collect();
             for _ in due.len()..over {
                 let next = heads
@@ -279,11 +220,11 @@ impl Held {
              VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
         )?;
         for seq in seqs {
-            if let Some((p, i)) = self.find(*seq) {
-                let peer = &self.peers[p];
-                if let Some(r) = &peer.slots[i].1 {
-                    st.execute(params![seq, r.msg, &*peer.name, now_ms])?;
-                }
+            let Some(peer) = self.find(*seq).map(|p| &self.peers[p]) else {
+                continue;
+            };
+            if let Some(r) = peer.rows.get(*seq) {
+                st.execute(params![seq, r.msg, &*peer.name, now_ms])?;
             }
         }
         Ok(())
@@ -322,7 +263,7 @@ impl Held {
         let oldest_kept = self
             .peers
             .iter()
-            .filter_map(|p| p.live().find(|(s, _)| !leaving.contains(s)))
+            .filter_map(|p| p.rows.iter().find(|(s, _)| !leaving.contains(s)))
             .map(|(_, r)| r.msg)
             .min();
         oldest_kept
@@ -363,17 +304,11 @@ impl Held {
         let mut deltas = vec![(0u64, 0u64, 0u64); self.peers.len()];
         let leaving = plan.write.iter().map(|s| (s, false));
         for (seq, acked) in leaving.chain(plan.acked.iter().map(|s| (s, true))) {
-            if let Some((p, i)) = self.find(*seq) {
-                self.peers[p].slots[i].1 = None;
-                self.peers[p].rows -= 1;
+            if let Some(p) = self.find(*seq) {
+                self.peers[p].rows.take(*seq);
                 self.rows -= 1;
                 deltas[p].0 += 1;
                 deltas[p].1 += u64::from(acked);
-            }
-        }
-        for (p, d) in self.peers.iter_mut().zip(&deltas) {
-            if d.0 > 0 {
-                p.trim();
             }
         }
         let born = Instant::now();
@@ -397,14 +332,13 @@ impl Held {
                     };
                     self.peers.push(PeerRows {
                         name,
-                        slots: VecDeque::new(),
-                        rows: 0,
+                        rows: SeqQueue::default(),
                     });
                     deltas.push((0, 0, 0));
                     self.peers.len() - 1
                 }
             };
-            self.peers[p].push(*seq, Row { msg: *msg, born });
+            self.peers[p].rows.put(*seq, Row { msg: *msg, born });
             self.rows += 1;
             deltas[p].2 += 1;
             at = p + 1;
@@ -582,27 +516,11 @@ mod tests {
         due.dedup();
         assert_eq!(due.len(), 2 * n as usize);
         assert_eq!(h.due(now + HOLD_FOR).count(), 2 * n as usize);
-        assert_eq!(
-            h.next_due(),
-            h.peers[0].live().next().map(|(_, r)| r.born + HOLD_FOR)
-        );
-    }
-
-    #[test]
-    fn a_row_never_acknowledged_keeps_its_queue_bounded() {
-        let (mut h, counts) = held();
-        // b's first row stays while 10,000 rows after it come and go.
-        h.committed(&Plan::default(), &[(1, 1, "b")], None);
-        for seq in 2..10_000 {
-            h.committed(&Plan::default(), &[(seq, seq, "b")], None);
-            let plan = Plan {
-                acked: vec![seq],
-                ..Plan::default()
-            };
-            h.committed(&plan, &[], None);
-            assert!(h.peers[0].slots.len() <= 2 * h.peers[0].rows + SLACK + 1);
-        }
-        assert_eq!(h.seqs(None).collect::<Vec<_>>(), [1]);
-        assert_eq!(count(&counts, "b"), (1, 9_998));
+        let first = h.peers[0]
+            .rows
+            .iter()
+            .next()
+            .map(|(_, r)| r.born + HOLD_FOR);
+        assert_eq!(h.next_due(), first);
     }
 }

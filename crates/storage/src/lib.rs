@@ -12,6 +12,7 @@ mod checkpointer;
 mod held;
 mod raw;
 mod schema;
+mod seq_queue;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use checkpointer::{Checkpointer, Pace, WAL_BOUND_PAGES};
 pub use held::{PeerHeld, HOLD_FOR, MAX_HELD};
+pub use seq_queue::SeqQueue;
 pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
 
