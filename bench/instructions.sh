@@ -4,15 +4,18 @@
 # counts do not drift with the machine's speed or its neighbours the way seconds do, so two
 # builds can be compared from one run each. Not part of CI. Needs valgrind (Debian package).
 #
-#   bench/instructions.sh origin|replica [SLIPSTREAM_BINARY] [-- BENCH ARGS...]
+#   [NODES=N] bench/instructions.sh origin|replica [SLIPSTREAM_BINARY] [-- BENCH ARGS...]
 #
-# `origin` profiles the node the writes go to, `replica` the other one. The binary defaults
+# `origin` profiles the node the writes go to, `replica` another one. NODES (default 2) sets
+# the mesh's size: the origin and every other node are configured with each other's address,
+# and the others know no one else, so the origin delivers each write to NODES-1 peers itself,
+# as the origin of a healthy full mesh does; what it does per write and peer shows as the
+# difference between two sizes. The binary defaults
 # to ./target/release/slipstream (built first); bench arguments default to 30,000 writes of
 # 100 bytes (plus the bench's 1,000 warm-up writes, which count too). The callgrind profile
 # stays in the printed folder, for `callgrind_annotate --inclusive=yes FILE`.
 #
-# The profiled node runs about fifty times slower than usual: the other node's retry period
-# is set to 60 s, so that slowness does not make it send writes again.
+# The profiled node runs about fifty times slower than usual: see the origin's settings below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 role=${1:?origin or replica}
@@ -42,28 +45,41 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ws_a=$(free_port); ws_b=$(free_port); http_a=$(free_port); http_b=$(free_port)
+nodes=${NODES:-2}
+[ "$nodes" -ge 2 ] || { echo "NODES must be at least 2" >&2; exit 2; }
+names=(a b c d e f g h i j k l m n o p)
+[ "$nodes" -le ${#names[@]} ] || { echo "at most ${#names[@]} nodes" >&2; exit 2; }
+ws=(); http=()
+for ((i = 0; i < nodes; i++)); do ws+=("$(free_port)"); http+=("$(free_port)"); done
 
 node() {
-  local name=$1 ws=$2 http=$3 peer=$4 retry=$5
+  local name=$1 ws=$2 http=$3 peers=$4 slow=$5
   local run=("$bin" run)
   [ "$name" = "$profiled" ] && run=(valgrind --tool=callgrind --callgrind-out-file="$work/callgrind.out" "$bin" run)
   env ENABLE_MESSAGE_LOGS=false SLIPSTREAM_INSTANCE_ID="$name" SLIPSTREAM_STORAGE_PATH="$work/$name" \
     SLIPSTREAM_LISTEN="127.0.0.1:$ws" METRICS_PORT="$http" SLIPSTREAM_METRICS_HOST=127.0.0.1 \
-    TOKIO_WORKER_THREADS=1 ${retry:+SLIPSTREAM_RETRY_IN_N_SECONDS=$retry} \
-    URL_CONFIG="[{\"url\":\"ws://127.0.0.1:$peer\"}]" "${run[@]}" >"$work/$name.log" 2>&1 &
+    TOKIO_WORKER_THREADS=1 ${slow:+SLIPSTREAM_RETRY_IN_N_SECONDS=60 SLIPSTREAM_HOLD_DELIVERY_MS=60000} \
+    URL_CONFIG="$peers" "${run[@]}" >"$work/$name.log" 2>&1 &
   pids+=($!)
 }
-node a "$ws_a" "$http_a" "$ws_b" 60
-node b "$ws_b" "$http_b" "$ws_a" ""
-# Both connected (the profiled one starts slowly).
+# The origin waits 60 s before it sends a write again, and holds its delivery rows in memory
+# for up to 60 s instead of 1 s: a profiled node runs about fifty times slower, and at that
+# pace its peers' ACKs would otherwise come after its rows were written to the outbox, which
+# at full speed does not happen.
+others=$(for ((i = 1; i < nodes; i++)); do printf '{"url":"ws://127.0.0.1:%s"},' "${ws[$i]}"; done)
+node a "${ws[0]}" "${http[0]}" "[${others%,}]" slow
+for ((i = 1; i < nodes; i++)); do
+  node "${names[$i]}" "${ws[$i]}" "${http[$i]}" "[{\"url\":\"ws://127.0.0.1:${ws[0]}\"}]" ""
+done
+# Every link up (the profiled node starts slowly).
 for _ in $(seq 120); do
-  curl -sf "127.0.0.1:$http_a/status" | grep -q '"connected":true' &&
-    curl -sf "127.0.0.1:$http_b/status" | grep -q '"connected":true' && break
+  up=$(curl -sf "127.0.0.1:${http[0]}/status" | grep -o '"connected":true' | wc -l) || up=0
+  [ "$up" -ge $((nodes - 1)) ] && break
   sleep 1
 done
-report=$("$bin" bench --target "ws://127.0.0.1:$ws_a" --target "ws://127.0.0.1:$ws_b" \
-  "${bench_args[@]}" --json)
+targets=()
+for ((i = 0; i < nodes; i++)); do targets+=(--target "ws://127.0.0.1:${ws[$i]}"); done
+report=$("$bin" bench "${targets[@]}" "${bench_args[@]}" --json)
 writes=$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); print(d["messages"] + d["warmup"]); assert d["everyNodeHoldsEveryWrite"], "a node misses writes"' "$report")
 cleanup
 pids=()
