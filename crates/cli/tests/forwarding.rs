@@ -196,3 +196,64 @@ async fn a_peer_that_is_down_waits_at_its_origin_without_relays() {
     );
     assert_eq!(sent(&b).await, 0.0, "b relayed nothing");
 }
+
+/// A configured peer that dials in before this node's own dial to it gets through is known
+/// twice for a while: by its id, and by the URL this node was given for it. Each write of
+/// that while owes it a row under each. Once the dial gets through and the URL turns out to
+/// be the peer's, the write keeps one row for it, and nothing stays owed to the URL. (The
+/// URL's rows may still go out once on the new connection before its HELLO names the peer:
+/// the peer drops that copy as a duplicate.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_known_by_id_and_by_url_at_once_is_owed_each_write_once() {
+    let mut b = start(NodeOptions::default());
+    let proxy = TcpProxy::start(b.ws_addr).unwrap();
+    proxy.block();
+    let a = start(NodeOptions {
+        peers: vec![proxy.ws_url()],
+        ..NodeOptions::default()
+    });
+    b.set_options(NodeOptions::dialing(&[&a]));
+    b.restart().unwrap();
+    let url_key = format!("url:{}", proxy.ws_url());
+    eventually(
+        "b dialled in while a's own dial is refused",
+        LONG,
+        || async {
+            let b_in = a.peer_status(&b.id).await.map_err(|e| e.to_string())?;
+            let by_url = a.peer_status(&url_key).await.map_err(|e| e.to_string())?;
+            match (b_in, by_url) {
+                (Some(p), Some(u)) if p["connected"] == true && u["connected"] == false => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let all = writes("twice", 20);
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&all).await.unwrap();
+    b.wait_has_all(&all).await;
+    let by_url = a
+        .peer_status(&url_key)
+        .await
+        .unwrap()
+        .expect("still known by URL");
+    assert_eq!(
+        by_url["pending"], 20,
+        "each write owes the URL a row too: {by_url}"
+    );
+    proxy.unblock();
+    eventually("a's own dial got through: the URL is b's", LONG, || async {
+        match a.peer_status(&url_key).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(u) => Err(format!("{u}")),
+        }
+    })
+    .await;
+    a.wait_drained().await;
+    let to_b = a.peer_status(&b.id).await.unwrap().expect("b is known");
+    assert_eq!(
+        (to_b["acked"].as_u64(), to_b["pending"].as_u64()),
+        (Some(20), Some(0)),
+        "one row per write for b: {to_b}"
+    );
+}

@@ -613,6 +613,10 @@ fn reply(op: WriterOp, result: Result<Done>) {
 struct Hot {
     insert_message: Option<RawStatement>,
     upsert_kv: Option<RawStatement>,
+    /// Configured peers' `url:` keys whose instance id a peer-met operation revealed, with
+    /// that id. A write routed while the router still knew the key, but recorded after the
+    /// rename, owes its row to the id (once, if the id is among its recipients too).
+    renamed: foldhash::HashMap<String, String>,
 }
 
 /// `slot`'s statement, prepared on first use.
@@ -696,7 +700,13 @@ fn execute(
         WriterOp::PurgeDead(_) => {
             Done::Count(c.execute("DELETE FROM deliveries WHERE state = 'dead'", [])? as u64)
         }
-        WriterOp::PeerMet(peer, _) => Done::Count(peer_met(c, peer, now)?),
+        WriterOp::PeerMet(peer, _) => {
+            let moved = peer_met(c, peer, now)?;
+            if let Some(url) = &peer.url {
+                hot.renamed.insert(format!("url:{url}"), peer.id.clone());
+            }
+            Done::Count(moved)
+        }
         WriterOp::TakeOver(origin, since, peers, _) => {
             Done::Rows(take_over(c, origin, *since as i64, peers, now)?)
         }
@@ -773,8 +783,15 @@ fn record(
     hold: Option<&mut i64>,
 ) -> Result<(Recorded, i64)> {
     let path = slipstream_protocol::json_strings(&rec.path);
-    let recipients =
-        (!rec.recipients.is_empty()).then(|| slipstream_protocol::json_strings(&rec.recipients));
+    let renamed;
+    let peers: &[String] =
+        if hot.renamed.is_empty() || !rec.recipients.iter().any(|p| hot.renamed.contains_key(p)) {
+            &rec.recipients
+        } else {
+            renamed = renamed_recipients(&rec.recipients, &hot.renamed);
+            &renamed
+        };
+    let recipients = (!peers.is_empty()).then(|| slipstream_protocol::json_strings(peers));
     let hlc = rec.hlc.to_text();
     let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(&[
         rec.message_id.as_str().into(),
@@ -800,10 +817,10 @@ fn record(
         }
         Some(apply) => apply_embedded(c, hot, apply, rec, hlc.as_str(), now)?,
     };
-    let mut deliveries = Vec::with_capacity(rec.recipients.len());
+    let mut deliveries = Vec::with_capacity(peers.len());
     match hold {
         Some(next_seq) => {
-            for peer in &rec.recipients {
+            for peer in peers {
                 deliveries.push((peer.clone(), *next_seq));
                 *next_seq += 1;
             }
@@ -812,7 +829,7 @@ fn record(
             let mut st = c.prepare_cached(
                 "INSERT INTO deliveries (msg, peer, state, attempts, updated_at) VALUES (?1, ?2, 'pending', 0, ?3)",
             )?;
-            for peer in &rec.recipients {
+            for peer in peers {
                 st.execute(params![msg, peer, now])?;
                 deliveries.push((peer.clone(), c.last_insert_rowid()));
             }
@@ -825,6 +842,21 @@ fn record(
         },
         msg,
     ))
+}
+
+/// `recipients` with each `url:` key whose id is known replaced by that id, each peer once.
+fn renamed_recipients(
+    recipients: &[String],
+    renamed: &foldhash::HashMap<String, String>,
+) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(recipients.len());
+    for peer in recipients {
+        let peer = renamed.get(peer).unwrap_or(peer);
+        if !out.contains(peer) {
+            out.push(peer.clone());
+        }
+    }
+    out
 }
 
 /// Adds deliveries to `peers` of the untargeted writes that came from `origin` since
@@ -953,10 +985,23 @@ fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<u64> {
         params![peer.id, peer.url, tags, now],
     )?;
     if let Some(url) = &peer.url {
-        // Rows queued for the configured URL before its id was known now belong to the id.
+        // Rows queued for the configured URL before its id was known now belong to the id. A
+        // write that owed the id a row as well (the peer dialled in first, and was known by
+        // its id while this node's own dial had not got through) keeps that one: the URL's
+        // row would send it a second time. The journal lists both among the write's
+        // recipients; the id's row may be gone already, acknowledged while held (`held.rs`).
+        let key = format!("url:{url}");
+        c.execute(
+            "DELETE FROM deliveries WHERE peer = ?2 AND (
+                 EXISTS (SELECT 1 FROM messages m, json_each(m.recipients) r
+                         WHERE m.id = deliveries.msg AND r.value = ?1)
+                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = deliveries.msg
+                            AND d.peer = ?1 AND d.state != 'dead'))",
+            params![peer.id, key],
+        )?;
         let moved = c.execute(
             "UPDATE deliveries SET peer = ?1 WHERE peer = ?2",
-            params![peer.id, format!("url:{url}")],
+            params![peer.id, key],
         )?;
         return Ok(moved as u64);
     }
@@ -1049,6 +1094,69 @@ mod tests {
             }),
             oneshot::channel().0,
         )
+    }
+
+    #[test]
+    fn a_peer_known_by_url_and_by_id_is_owed_each_write_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        let url_key = "url:ws://b.example:9";
+        let deliveries = |w: &mut Writer, op: WriterOp| -> Vec<String> {
+            let (tx, rx) = oneshot::channel();
+            let op = match op {
+                WriterOp::Record(rec, _) => WriterOp::Record(rec, tx),
+                _ => unreachable!(),
+            };
+            w.commit_batch(&mut vec![op]);
+            match rx.blocking_recv().unwrap() {
+                (Ok(Recorded::New { deliveries, .. }), _) => {
+                    deliveries.into_iter().map(|(p, _)| p).collect()
+                }
+                (other, _) => panic!("{other:?}"),
+            }
+        };
+        // b dialled in (known as "b") while this node's dial to its URL had not got through.
+        assert_eq!(
+            deliveries(&mut w, write_to_all("m1", &["b", url_key])),
+            ["b", url_key]
+        );
+        assert_eq!(
+            deliveries(&mut w, write_to_all("m2", &[url_key])),
+            [url_key]
+        );
+        let met = PeerRow {
+            id: "b".into(),
+            url: Some("ws://b.example:9".into()),
+            tags: Vec::new(),
+            last_seen: 0,
+        };
+        w.commit_batch(&mut vec![WriterOp::PeerMet(met, reply())]);
+        let rows: Vec<(String, String)> = w
+            .conn
+            .prepare(
+                "SELECT m.message_id, d.peer FROM deliveries d JOIN messages m ON m.id = d.msg
+                 ORDER BY d.seq",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        let rows: Vec<(&str, &str)> = rows.iter().map(|(m, p)| (m.as_str(), p.as_str())).collect();
+        assert_eq!(
+            rows,
+            [("m1", "b"), ("m2", "b")],
+            "m1's URL row went (b owed it already), m2's moved to b"
+        );
+        // Routed before the router knew, recorded after: the row goes to the id, once.
+        assert_eq!(
+            deliveries(&mut w, write_to_all("m3", &["b", url_key])),
+            ["b"]
+        );
+        assert_eq!(
+            deliveries(&mut w, write_to_all("m4", &[url_key, "c"])),
+            ["b", "c"]
+        );
     }
 
     #[test]

@@ -751,6 +751,8 @@ pub fn writes(prefix: &str, n: usize) -> Vec<(String, String)> {
 pub struct TcpProxy {
     addr: SocketAddr,
     cut: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, new connections are closed at once (see [`TcpProxy::block`]).
+    blocked: Arc<std::sync::atomic::AtomicBool>,
     streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
 }
 
@@ -759,14 +761,19 @@ impl TcpProxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let blocked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let (c, s) = (cut.clone(), streams.clone());
+        let (c, b, s) = (cut.clone(), blocked.clone(), streams.clone());
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
                 if c.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
                 let Ok(inbound) = inbound else { continue };
+                if b.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = inbound.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let Ok(outbound) = std::net::TcpStream::connect(target) else {
                     continue;
                 };
@@ -789,7 +796,24 @@ impl TcpProxy {
                 }
             }
         });
-        Ok(TcpProxy { addr, cut, streams })
+        Ok(TcpProxy {
+            addr,
+            cut,
+            blocked,
+            streams,
+        })
+    }
+
+    /// Closes new connections at once, as a link that is not up yet (open ones are kept),
+    /// until [`TcpProxy::unblock`].
+    pub fn block(&self) {
+        self.blocked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn unblock(&self) {
+        self.blocked
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// `ws://` URL of the proxied node.
