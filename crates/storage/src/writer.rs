@@ -784,13 +784,13 @@ fn record(
 ) -> Result<(Recorded, i64)> {
     let path = slipstream_protocol::json_strings(&rec.path);
     let renamed;
-    let peers: &[String] =
-        if hot.renamed.is_empty() || !rec.recipients.iter().any(|p| hot.renamed.contains_key(p)) {
-            &rec.recipients
-        } else {
-            renamed = renamed_recipients(&rec.recipients, &hot.renamed);
-            &renamed
-        };
+    let is_renamed = |p: &String| p.starts_with("url:") && hot.renamed.contains_key(p);
+    let peers: &[String] = if !rec.recipients.iter().any(is_renamed) {
+        &rec.recipients
+    } else {
+        renamed = renamed_recipients(&rec.recipients, &hot.renamed);
+        &renamed
+    };
     let recipients = (!peers.is_empty()).then(|| slipstream_protocol::json_strings(peers));
     let hlc = rec.hlc.to_text();
     let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(&[
