@@ -77,8 +77,6 @@ struct PeerRows {
 /// The writer's held rows.
 pub(crate) struct Held {
     peers: Vec<PeerRows>,
-    /// Rows held, over all peers.
-    rows: usize,
     /// The peer whose row was found last: the next lookup most likely names another of its
     /// rows (acknowledgements come from one peer's delivery task at a time).
     last: Cell<usize>,
@@ -121,7 +119,6 @@ impl Held {
             conn.query_row("SELECT max(seq) FROM deliveries", [], |r| r.get(0))?;
         Ok(Held {
             peers: Vec::new(),
-            rows: 0,
             last: Cell::new(0),
             counts,
             next_seq: table_sequence(conn)?.max(max.unwrap_or(0)) + 1,
@@ -133,25 +130,34 @@ impl Held {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.rows == 0
+        self.peers.iter().all(|p| p.rows.is_empty())
     }
 
-    /// The peer of a held row: the one found last first (acknowledgements come from one
-    /// peer's delivery task at a time).
+    /// The peers in the order to look for a row in: the one found last first
+    /// (acknowledgements come from one peer's delivery task at a time).
+    fn lookup_order(&self) -> impl Iterator<Item = usize> + use<> {
+        let (last, n) = (self.last.get(), self.peers.len());
+        std::iter::once(last)
+            .chain((0..n).filter(move |p| *p != last))
+            .filter(move |p| *p < n)
+    }
+
+    /// The peer of a held row.
     fn find(&self, seq: i64) -> Option<usize> {
-        let last = self.last.get();
-        let order = std::iter::once(last).chain((0..self.peers.len()).filter(|p| *p != last));
-        for p in order {
-            if self
-                .peers
-                .get(p)
-                .is_some_and(|peer| peer.rows.get(seq).is_some())
-            {
-                self.last.set(p);
-                return Some(p);
-            }
-        }
-        None
+        let p = self
+            .lookup_order()
+            .find(|p| self.peers[*p].rows.get(seq).is_some())?;
+        self.last.set(p);
+        Some(p)
+    }
+
+    /// Takes a held row away; the peer it was held for.
+    fn take(&mut self, seq: i64) -> Option<usize> {
+        let p = self
+            .lookup_order()
+            .find(|p| self.peers[*p].rows.take(seq).is_some())?;
+        self.last.set(p);
+        Some(p)
     }
 
     pub(crate) fn contains(&self, seq: i64) -> bool {
@@ -189,7 +195,8 @@ impl Held {
             );
             aged.push(due.len() - before);
         }
-        let over = self.rows.saturating_sub(MAX_HELD);
+        let held: usize = self.peers.iter().map(|p| p.rows.len()).sum();
+        let over = held.saturating_sub(MAX_HELD);
         if over > due.len() {
             // The oldest of the rest: merge the peers' queues by seq.
             let mut heads: Vec<_> = self
@@ -304,9 +311,7 @@ impl Held {
         let mut deltas = vec![(0u64, 0u64, 0u64); self.peers.len()];
         let leaving = plan.write.iter().map(|s| (s, false));
         for (seq, acked) in leaving.chain(plan.acked.iter().map(|s| (s, true))) {
-            if let Some(p) = self.find(*seq) {
-                self.peers[p].rows.take(*seq);
-                self.rows -= 1;
+            if let Some(p) = self.take(*seq) {
                 deltas[p].0 += 1;
                 deltas[p].1 += u64::from(acked);
             }
@@ -339,7 +344,6 @@ impl Held {
                 }
             };
             self.peers[p].rows.put(*seq, Row { msg: *msg, born });
-            self.rows += 1;
             deltas[p].2 += 1;
             at = p + 1;
         }
