@@ -250,6 +250,49 @@ async fn a_peer_stalled_under_load_catches_up_while_the_writes_go_on() {
     a.wait_drained().await;
 }
 
+/// A peer that reads slower than its origin writes (here frozen, with more delivery rows
+/// than the sockets between them buffer) leaves delivery frames queued at the origin. Waiting
+/// there does not count as an unanswered send: nothing is dead-lettered that never left the
+/// origin, and a row is not queued again behind its own first copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_queued_for_a_slow_peer_are_not_counted_as_sent_until_written() {
+    // Heartbeats far apart keep the frozen peer's connection up; sends wait 0.5 s, so three
+    // unanswered ones (0.5 + 1 + 2 s) dead-letter a row.
+    let opts = |o: NodeOptions| {
+        o.env("SLIPSTREAM_HEARTBEAT_SECONDS", "60")
+            .env("SLIPSTREAM_RETRY_IN_N_SECONDS", "0.5")
+    };
+    let a = start(opts(NodeOptions::default()));
+    let b = start(opts(NodeOptions::dialing(&[&a])));
+    a.wait_connected(1).await;
+    b.wait_connected(1).await;
+    // 800 values of 48 KiB: about 38 MiB of delivery frames, more than loopback sockets
+    // buffer, so most of them wait in the origin's queues while b is frozen.
+    let filler = "x".repeat(48 * 1024);
+    let all: Vec<(String, String)> = (0..800)
+        .map(|i| (format!("big:{i}"), format!("{i}-{filler}")))
+        .collect();
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    b.pause().unwrap();
+    for chunk in all.chunks(16) {
+        app.publish(chunk).await.unwrap();
+    }
+    // Frozen past the 3.5 s in which three sends counted unanswered dead-letter a row.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    b.resume().unwrap();
+    b.wait_has_all(&all).await;
+    a.wait_drained().await;
+    let dead = a.get_json("/dlq").await.unwrap();
+    assert_eq!(
+        dead["deadLetters"].as_array().map(Vec::len),
+        Some(0),
+        "rows queued here were dead-lettered: {} republished",
+        a.metric("slipstream_messages_republished_total")
+            .await
+            .unwrap()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_down_longer_than_the_republish_window_gets_everything_and_nothing_dies() {
     let a = start(NodeOptions::default());

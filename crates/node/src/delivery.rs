@@ -6,7 +6,9 @@
 //!
 //! - A send not acknowledged within `SLIPSTREAM_RETRY_IN_N_SECONDS` counts one attempt and is
 //!   sent again, the wait doubling each time (capped at 60 s). Only the rows whose wait ran
-//!   out are sent again, ahead of new rows, so every send of a row is counted.
+//!   out are sent again, ahead of new rows, so every send of a row is counted. A send still
+//!   queued in the connection (not yet written to its socket) is not counted: its wait starts
+//!   over (see [`Wire`]).
 //! - Attempts count only while a connection is up: when the connection drops, rows in flight
 //!   go back to waiting, with no attempt counted, and are sent again in order on reconnect.
 //! - After `MAX_MESSAGE_REPUBLISH_ATTEMPTS` unanswered sends, the row is dead-lettered.
@@ -14,7 +16,7 @@
 mod inflight;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use slipstream_storage::{now_ms, Outgoing};
@@ -48,7 +50,31 @@ const READ_AHEAD: usize = LIVE_ROWS;
 #[derive(Clone, Debug)]
 pub struct ConnHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<String>,
+    pub tx: mpsc::Sender<Outbound>,
+    /// How many of its delivery frames the connection has written to its socket.
+    pub wire: Arc<Wire>,
+}
+
+/// A frame handed to a connection to write.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Delivery rows: counted in the connection's [`Wire`] once written.
+    Delivery(String),
+    /// Anything else (a HELLO, a reply, a read sent on).
+    Frame(String),
+}
+
+/// Delivery frames queued on a connection and written by it, numbered in queue order. A row's
+/// wait for its ACK counts as an attempt only once its frame is written: a peer that reads
+/// slower than this node writes (a slow link, a stalled process) leaves frames queued here,
+/// and counting those would send each row again behind its first copy, doubling what waits
+/// in memory, and dead-letter rows that never left this node.
+#[derive(Debug, Default)]
+pub struct Wire {
+    /// Delivery frames queued, the last one's number.
+    pub queued: AtomicU64,
+    /// Delivery frames written to the socket (every frame up to this number).
+    pub written: AtomicU64,
 }
 
 pub enum DeliveryCmd {
@@ -98,7 +124,7 @@ pub struct DeliveryTask {
 
 enum Event {
     Cmd(Option<DeliveryCmd>),
-    CanSend(Option<mpsc::OwnedPermit<String>>),
+    CanSend(Option<mpsc::OwnedPermit<Outbound>>),
     NewRows,
     Timeout,
     Handoff,
@@ -355,12 +381,17 @@ impl DeliveryTask {
         Some((rows, false))
     }
 
-    async fn send_batch(&mut self, permit: mpsc::OwnedPermit<String>) {
+    async fn send_batch(&mut self, permit: mpsc::OwnedPermit<Outbound>) {
         let Some((rows, resending)) = self.next_rows().await else {
             tokio::time::sleep(self.node.cfg.retry_base).await;
             return;
         };
         let now = Instant::now();
+        // The number this frame gets among the connection's delivery frames.
+        let wire = self.active.as_ref().map(|c| c.wire.clone());
+        let frame_no = wire
+            .as_ref()
+            .map_or(0, |w| w.queued.load(Ordering::Relaxed) + 1);
         let mut bodies = Vec::with_capacity(rows.len());
         let mut types: Vec<(&str, u64)> = Vec::new();
         let mut skipped = Vec::new();
@@ -393,12 +424,14 @@ impl DeliveryTask {
             if resending {
                 self.resend.remove(&row.seq);
                 self.node.metrics.republished.inc();
-                self.inflight.resent(row.seq, row.attempts, deadline);
+                self.inflight
+                    .resent(row.seq, row.attempts, deadline, frame_no);
             } else {
                 let sent = InFlight {
                     message_id: row.message_id,
                     attempts: row.attempts,
                     deadline: Some(deadline),
+                    frame: frame_no,
                 };
                 self.inflight.sent(row.seq, sent);
             }
@@ -425,7 +458,10 @@ impl DeliveryTask {
         }
         let frame = slipstream_protocol::join_encoded(&bodies);
         telemetry::frame_sent(&self.node, &self.peer, &types, frame.len());
-        permit.send(frame);
+        if let Some(w) = wire {
+            w.queued.store(frame_no, Ordering::Relaxed);
+        }
+        permit.send(Outbound::Delivery(frame));
         // Rows are not marked `sent` here: the first unanswered retry period marks them (see
         // `count_attempt`), so a delivery acknowledged in time costs no extra row update.
     }
@@ -461,19 +497,32 @@ impl DeliveryTask {
     }
 
     /// Counts an attempt against every row whose wait ran out: those out of attempts are
-    /// dead-lettered, the rest queued to be sent again.
+    /// dead-lettered, the rest queued to be sent again. A row whose frame the connection has
+    /// not written yet is not counted: its wait starts over (see [`Wire`]).
     async fn expire(&mut self) {
         let now = Instant::now();
         let max = self.node.cfg.max_republish_attempts;
+        let written = self
+            .active
+            .as_ref()
+            .map_or(u64::MAX, |c| c.wire.written.load(Ordering::Acquire));
         let mut dead = Vec::new();
         let mut retry = Vec::new();
+        let mut unwritten = Vec::new();
         for (seq, f) in self.inflight.iter() {
             if f.deadline.is_some_and(|d| d <= now) {
-                if f.attempts + 1 >= max {
+                if f.frame > written {
+                    unwritten.push(seq);
+                } else if f.attempts + 1 >= max {
                     dead.push((seq, f.message_id.clone()));
                 } else {
                     retry.push(seq);
                 }
+            }
+        }
+        for seq in unwritten {
+            if let Some(f) = self.inflight.get_mut(seq) {
+                f.deadline = Some(now + doubled(self.node.cfg.retry_base, f.attempts));
             }
         }
         let storage = &self.node.storage;

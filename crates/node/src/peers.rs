@@ -13,7 +13,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
-use crate::delivery::{ConnHandle, DeliveryCmd, DeliveryHandle, DeliveryTask};
+use crate::delivery::{ConnHandle, DeliveryCmd, DeliveryHandle, DeliveryTask, Outbound};
 use crate::node::Node;
 
 /// Which side opened a connection.
@@ -38,7 +38,7 @@ struct Entry {
     delivery: DeliveryHandle,
     connections: Vec<ConnInfo>,
     /// Frame queues of the live connections, for messages that are not stored (reads, answers).
-    senders: Vec<(u64, mpsc::Sender<String>)>,
+    senders: Vec<(u64, mpsc::Sender<Outbound>)>,
     last_seen: Option<SystemTime>,
 }
 
@@ -119,7 +119,7 @@ impl Peers {
             .lock()
             .get(key)
             .and_then(|e| e.senders.first().map(|(_, tx)| tx.clone()));
-        tx.is_some_and(|tx| tx.try_send(frame.to_owned()).is_ok())
+        tx.is_some_and(|tx| tx.try_send(Outbound::Frame(frame.to_owned())).is_ok())
     }
 
     /// Sends a frame now to every connected peer (a HELLO with news); best effort.
@@ -130,7 +130,7 @@ impl Peers {
             .filter_map(|e| e.senders.first().map(|(_, tx)| tx.clone()))
             .collect();
         for tx in senders {
-            let _ = tx.try_send(frame.to_owned());
+            let _ = tx.try_send(Outbound::Frame(frame.to_owned()));
         }
     }
 

@@ -10,11 +10,13 @@ use slipstream_protocol::{Body, Message, Response};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::delivery::Outbound;
+
 /// Where the answers to a request go.
 #[derive(Clone, Debug)]
 pub enum ReplySink {
     /// A local app's connection: each `RES` is sent to it as a frame.
-    Frames(mpsc::Sender<String>),
+    Frames(mpsc::Sender<Outbound>),
     /// An HTTP request gathering the answers.
     Collect(mpsc::Sender<Response>),
 }
@@ -74,7 +76,7 @@ impl Requests {
         };
         // Best effort: an app that does not read its answers loses them, nobody else waits.
         match sink {
-            ReplySink::Frames(tx) => tx.try_send(res.encode()).is_ok(),
+            ReplySink::Frames(tx) => tx.try_send(Outbound::Frame(res.encode())).is_ok(),
             ReplySink::Collect(tx) => tx.try_send(r.clone()).is_ok(),
         }
     }

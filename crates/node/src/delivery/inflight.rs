@@ -20,6 +20,8 @@ pub(super) struct InFlight {
     pub(super) attempts: u32,
     /// When the current send counts as unanswered; `None` while queued to be sent again.
     pub(super) deadline: Option<Instant>,
+    /// The number of the delivery frame the current send went in (see `Wire`).
+    pub(super) frame: u64,
 }
 
 /// The in-flight rows of one message id, in send order: almost always one (an id repeats
@@ -68,10 +70,11 @@ impl InFlightRows {
     }
 
     /// A row in flight sent again: its attempts and deadline change.
-    pub(super) fn resent(&mut self, seq: i64, attempts: u32, deadline: Instant) {
+    pub(super) fn resent(&mut self, seq: i64, attempts: u32, deadline: Instant, frame: u64) {
         if let Some(f) = self.rows.get_mut(seq) {
             f.attempts = attempts;
             f.deadline = Some(deadline);
+            f.frame = frame;
         }
     }
 
@@ -129,6 +132,7 @@ mod tests {
             message_id: id.into(),
             attempts: 0,
             deadline: None,
+            frame: 1,
         }
     }
 
@@ -175,16 +179,19 @@ mod tests {
     }
 
     #[test]
-    fn a_row_sent_again_keeps_its_place_and_takes_the_new_deadline() {
+    fn a_row_sent_again_keeps_its_place_and_takes_the_new_deadline_and_frame() {
         let mut rows = InFlightRows::default();
         rows.sent(1, row("a"));
         rows.sent(2, row("b"));
         let at = Instant::now();
-        rows.resent(1, 3, at);
-        let first = rows.iter().next().map(|(s, f)| (s, f.attempts, f.deadline));
-        assert_eq!(first, Some((1, 3, Some(at))));
+        rows.resent(1, 3, at, 2);
+        let first = rows
+            .iter()
+            .next()
+            .map(|(s, f)| (s, f.attempts, f.deadline, f.frame));
+        assert_eq!(first, Some((1, 3, Some(at), 2)));
         assert_eq!(rows.len(), 2);
-        rows.resent(7, 1, at);
+        rows.resent(7, 1, at, 2);
         assert_eq!(
             rows.len(),
             2,

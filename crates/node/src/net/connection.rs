@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
-use crate::delivery::ConnHandle;
+use crate::delivery::{ConnHandle, Outbound, Wire};
 use crate::node::{Committed, Node, Outcome};
 use crate::peers::{ConnInfo, Direction};
 use crate::requests::ReplySink;
@@ -80,16 +80,28 @@ enum Event<'a> {
     /// The writer task wrote answers: reading may go on.
     Written,
     Frame(Option<Result<WsMessage, WsError>>),
-    Out(String),
+    Out(Outbound),
     Committed(Committed),
     Push(Result<Arc<str>, broadcast::error::RecvError>),
     Tick,
     HelloTimeout,
 }
 
-/// A frame in the writer task's queue, with the bytes of answer it holds (0 for a push or a
-/// delivery), released once it is written.
-type Queued = (WsMessage, usize);
+/// What a frame waiting to be written is, for what is counted of it until written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// An answer to what the remote sent (an ACK, a NACK, a reply): its bytes count against
+    /// `MAX_UNSENT_BYTES`.
+    Answer,
+    /// Delivery rows: counted in the connection's [`Wire`] once written.
+    Delivery,
+    /// A push, a HELLO, a ping.
+    Other,
+}
+
+/// A frame in the writer task's queue, with the bytes of answer it holds (0 for anything but
+/// an answer), released once it is written, and whether it is a delivery frame.
+type Queued = (WsMessage, usize, bool);
 
 /// Bytes of answers handed to the writer task and not written yet (see `MAX_UNSENT_BYTES`),
 /// and the wake-up of a connection that paused reading on them.
@@ -113,13 +125,14 @@ struct Conn {
     /// `who` as the router names a sender, kept with it rather than made (and the peer's id
     /// copied) for every message.
     sender: Sender,
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Outbound>,
+    /// Delivery frames queued and written (see [`Wire`]).
+    wire: Arc<Wire>,
     last_rx: Instant,
     commits: FuturesOrdered<std::pin::Pin<Box<dyn std::future::Future<Output = Committed> + Send>>>,
     pushes: Option<broadcast::Receiver<Arc<str>>>,
-    /// Frames to write, oldest first, handed to the writer task as its queue has room; each
-    /// marked whether it answers what the remote sent.
-    out: VecDeque<(WsMessage, bool)>,
+    /// Frames to write, oldest first, handed to the writer task as its queue has room.
+    out: VecDeque<(WsMessage, Kind)>,
     /// Bytes of the answers in `out` (see `MAX_UNSENT_BYTES`).
     answer_bytes: usize,
     /// Bytes of the answers in the writer task's queue.
@@ -144,7 +157,7 @@ where
         + 'static,
 {
     let (sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<String>(64);
+    let (tx, mut rx) = mpsc::channel::<Outbound>(64);
     // Writing happens in a task of its own, so this one keeps reading while a write waits
     // for the remote to read: two ends that both write a lot and read only between writes
     // would otherwise wait on each other until the heartbeat timeout ends the connection.
@@ -152,12 +165,14 @@ where
     let (out_tx, out_rx) = mpsc::channel::<Queued>(OUT_QUEUE);
     let write_stuck = tokio_util::sync::CancellationToken::new();
     let in_writer = Arc::new(InWriter::default());
+    let wire = Arc::new(Wire::default());
     let writer = tokio::spawn(write_frames(
         sink,
         out_rx,
         heartbeat * 3,
         write_stuck.clone(),
         in_writer.clone(),
+        wire.clone(),
     ));
     let mut conn = Conn {
         id: node.next_conn_id(),
@@ -166,6 +181,7 @@ where
         who: Who::Unknown,
         sender: Sender::Client,
         tx,
+        wire,
         last_rx: connected_at,
         commits: FuturesOrdered::new(),
         pushes: None,
@@ -186,7 +202,7 @@ where
     // Whether reading paused on unwritten answers at the last turn (counted once per pause).
     let mut paused = false;
     let end = if out_tx
-        .send((WsMessage::Text(conn.hello_sent.clone().into()), 0))
+        .send((WsMessage::Text(conn.hello_sent.clone().into()), 0, false))
         .await
         .is_err()
     {
@@ -231,7 +247,11 @@ where
                 }
                 Event::Frame(None) | Event::Frame(Some(Err(_))) => Err(End::Closed),
                 Event::Frame(Some(Ok(frame))) => conn.on_frame(frame).await,
-                Event::Out(frame) => {
+                Event::Out(Outbound::Delivery(frame)) => {
+                    conn.push_out(WsMessage::Text(frame.into()), Kind::Delivery);
+                    Ok(())
+                }
+                Event::Out(Outbound::Frame(frame)) => {
                     conn.text(frame);
                     Ok(())
                 }
@@ -287,8 +307,12 @@ where
     // Answers still waiting here (the last ACKs on shutdown) get as long as the close frame.
     let unsent = std::mem::take(&mut conn.out);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        for (frame, _) in unsent {
-            if out_tx.send((frame, 0)).await.is_err() {
+        for (frame, kind) in unsent {
+            if out_tx
+                .send((frame, 0, kind == Kind::Delivery))
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -302,7 +326,7 @@ where
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            out_tx.send((WsMessage::Close(Some(frame)), 0)),
+            out_tx.send((WsMessage::Close(Some(frame)), 0, false)),
         )
         .await;
     }
@@ -328,6 +352,7 @@ async fn write_frames<S>(
     stuck_after: Duration,
     stuck: tokio_util::sync::CancellationToken,
     in_writer: Arc<InWriter>,
+    wire: Arc<Wire>,
 ) where
     S: Sink<WsMessage, Error = WsError> + Unpin,
 {
@@ -340,9 +365,10 @@ async fn write_frames<S>(
                 Err(_) => break,
             }
         }
-        let answers: usize = batch.iter().map(|(_, bytes)| bytes).sum();
+        let answers: usize = batch.iter().map(|(_, bytes, _)| bytes).sum();
+        let deliveries = batch.iter().filter(|(_, _, delivery)| *delivery).count() as u64;
         let write = async {
-            for (frame, _) in batch.drain(..) {
+            for (frame, _, _) in batch.drain(..) {
                 sink.feed(frame).await?;
             }
             sink.flush().await
@@ -354,6 +380,9 @@ async fn write_frames<S>(
         if answers > 0 {
             in_writer.bytes.fetch_sub(answers, Ordering::Relaxed);
             in_writer.written.notify_one();
+        }
+        if deliveries > 0 {
+            wire.written.fetch_add(deliveries, Ordering::Release);
         }
     }
     let _ = sink.close().await;
@@ -371,29 +400,29 @@ async fn next_push(
 impl Conn {
     /// A frame that answers what the remote sent (an ACK, a NACK, a reply).
     fn answer(&mut self, frame: String) {
-        self.push_out(WsMessage::Text(frame.into()), true);
+        self.push_out(WsMessage::Text(frame.into()), Kind::Answer);
     }
 
-    /// A frame this node sends of its own accord (a push, a delivery).
+    /// A frame this node sends of its own accord (a push, a HELLO), not delivery rows.
     fn text(&mut self, frame: String) {
-        self.push_out(WsMessage::Text(frame.into()), false);
+        self.push_out(WsMessage::Text(frame.into()), Kind::Other);
     }
 
-    fn push_out(&mut self, frame: WsMessage, answer: bool) {
-        if answer {
+    fn push_out(&mut self, frame: WsMessage, kind: Kind) {
+        if kind == Kind::Answer {
             self.answer_bytes += frame.len();
         }
-        self.out.push_back((frame, answer));
+        self.out.push_back((frame, kind));
     }
 
     /// Hands the oldest waiting frame to the writer task, in the room reserved for it.
     fn send_oldest(&mut self, permit: mpsc::Permit<'_, Queued>) {
-        if let Some((frame, answer)) = self.out.pop_front() {
-            let bytes = if answer { frame.len() } else { 0 };
+        if let Some((frame, kind)) = self.out.pop_front() {
+            let bytes = if kind == Kind::Answer { frame.len() } else { 0 };
             // Counted in the writer's queue until written (see `MAX_UNSENT_BYTES`).
             self.answer_bytes -= bytes;
             self.in_writer.bytes.fetch_add(bytes, Ordering::Relaxed);
-            permit.send((frame, bytes));
+            permit.send((frame, bytes, kind == Kind::Delivery));
         }
     }
 
@@ -555,6 +584,7 @@ impl Conn {
         let handle = ConnHandle {
             id: self.id,
             tx: self.tx.clone(),
+            wire: self.wire.clone(),
         };
         let info = ConnInfo {
             id: self.id,
@@ -658,7 +688,10 @@ impl Conn {
             return Err(End::Close(CloseCode::Away, "heartbeat timeout".into()));
         }
         let now = self.node.started.elapsed().as_micros() as u64;
-        self.push_out(WsMessage::Ping(now.to_be_bytes().to_vec().into()), false);
+        self.push_out(
+            WsMessage::Ping(now.to_be_bytes().to_vec().into()),
+            Kind::Other,
+        );
         Ok(())
     }
 
