@@ -250,38 +250,71 @@ async fn a_peer_stalled_under_load_catches_up_while_the_writes_go_on() {
     a.wait_drained().await;
 }
 
-/// A peer that reads slower than its origin writes (here frozen, with more delivery rows
-/// than the sockets between them buffer) leaves delivery frames queued at the origin. Waiting
-/// there does not count as an unanswered send: nothing is dead-lettered that never left the
-/// origin, and a row is not queued again behind its own first copy.
+/// A peer that reads slower than its origin writes (here frozen, with far more delivery rows
+/// than the sockets between them buffer) leaves delivery frames queued at the origin. The
+/// origin holds only a few MiB of them (the rest waits in the outbox), and waiting there does
+/// not count as an unanswered send: nothing is dead-lettered that never left the origin, and
+/// no row is queued again behind its own first copy. Once the peer resumes, it reads frames
+/// only while the writes waiting for their commit take a few MiB, so its memory does not
+/// follow the backlog either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_queued_for_a_slow_peer_are_not_counted_as_sent_until_written() {
+async fn a_peer_that_reads_slowly_costs_its_origin_little_memory_and_no_false_attempts() {
     // Heartbeats far apart keep the frozen peer's connection up; sends wait 0.5 s, so three
-    // unanswered ones (0.5 + 1 + 2 s) dead-letter a row.
+    // unanswered ones (0.5 + 1 + 2 s) dead-letter a row. The allocator gives freed memory
+    // back at once, so RSS follows what the node holds, not what it held a moment ago.
     let opts = |o: NodeOptions| {
         o.env("SLIPSTREAM_HEARTBEAT_SECONDS", "60")
             .env("SLIPSTREAM_RETRY_IN_N_SECONDS", "0.5")
+            .env("MIMALLOC_PURGE_DELAY", "0")
     };
     let a = start(opts(NodeOptions::default()));
     let b = start(opts(NodeOptions::dialing(&[&a])));
     a.wait_connected(1).await;
     b.wait_connected(1).await;
-    // 800 values of 48 KiB: about 38 MiB of delivery frames, more than loopback sockets
-    // buffer, so most of them wait in the origin's queues while b is frozen.
+    // 3,200 values of 48 KiB: about 150 MiB of delivery frames, far more than loopback
+    // sockets buffer.
     let filler = "x".repeat(48 * 1024);
-    let all: Vec<(String, String)> = (0..800)
+    let all: Vec<(String, String)> = (0..3200)
         .map(|i| (format!("big:{i}"), format!("{i}-{filler}")))
         .collect();
-    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    // A peer, not an app: an app is pushed every write, which it would have to read too.
+    let mut sender = WsClient::peer(&a.ws_url(), "con-flood").await.unwrap();
     b.pause().unwrap();
     for chunk in all.chunks(16) {
-        app.publish(chunk).await.unwrap();
+        let frame = chunk
+            .iter()
+            .map(|(k, v)| json!({"type": "SK", "key": k, "value": v, "messageId": k,
+                "originInstanceId": "con-flood", "sourceInstanceId": "con-flood", "messagePath": ["con-flood"]}))
+            .collect();
+        sender.send(&Value::Array(frame)).await.unwrap();
+    }
+    let mut acked = std::collections::HashSet::new();
+    while acked.len() < all.len() {
+        let ack = sender.recv(LONG).await.unwrap();
+        assert_ne!(ack["type"], "NACK", "{ack}");
+        acked.extend(slipstream_testkit::ack_ids(&ack));
     }
     // Frozen past the 3.5 s in which three sends counted unanswered dead-letter a row.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let peak = a.status().await.unwrap()["process"]["peakRssMiB"]
+        .as_f64()
+        .expect("peak RSS is a number");
     b.resume().unwrap();
-    b.wait_has_all(&all).await;
+    assert!(
+        peak < 80.0,
+        "the origin held the frozen peer's frames in memory: peak RSS {peak} MiB"
+    );
+    // Every row acknowledged by b (so recorded there), and the last writes readable.
     a.wait_drained().await;
+    b.wait_has_all(&all[all.len() - 16..]).await;
+    // Catching up, b read the frames only as fast as it committed their writes.
+    let b_peak = b.status().await.unwrap()["process"]["peakRssMiB"]
+        .as_f64()
+        .expect("peak RSS is a number");
+    assert!(
+        b_peak < 80.0,
+        "the catching-up peer held the frames it read in memory: peak RSS {b_peak} MiB"
+    );
     let dead = a.get_json("/dlq").await.unwrap();
     assert_eq!(
         dead["deadLetters"].as_array().map(Vec::len),

@@ -16,7 +16,7 @@
 mod inflight;
 
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use slipstream_storage::{now_ms, Outgoing};
@@ -45,6 +45,12 @@ const QUEUED_BYTES: usize = 4 << 20;
 /// frame at a time, a peer that fell behind under full load got about 256 rows per commit,
 /// fewer than the origin committed, and never caught up until the writes stopped.
 const READ_AHEAD: usize = LIVE_ROWS;
+/// Most bytes of delivery frames a connection holds not yet written to its socket before the
+/// task hands it more. A peer that reads slower than this node writes leaves the rest of its
+/// rows in the outbox, not in memory: the window bounds rows (4,096), but at up to 512 KiB a
+/// value that alone would let a stalled peer's frames take gigabytes here. A healthy link
+/// writes frames as they come; with 100-byte values a full window is about 1.3 MiB.
+const UNWRITTEN_BYTES: usize = 4 << 20;
 
 /// The connection a delivery task writes to.
 #[derive(Clone, Debug)]
@@ -68,13 +74,18 @@ pub enum Outbound {
 /// wait for its ACK counts as an attempt only once its frame is written: a peer that reads
 /// slower than this node writes (a slow link, a stalled process) leaves frames queued here,
 /// and counting those would send each row again behind its first copy, doubling what waits
-/// in memory, and dead-letter rows that never left this node.
+/// in memory, and dead-letter rows that never left this node. Their bytes bound what the
+/// task hands the connection ([`UNWRITTEN_BYTES`]).
 #[derive(Debug, Default)]
 pub struct Wire {
     /// Delivery frames queued, the last one's number.
     pub queued: AtomicU64,
     /// Delivery frames written to the socket (every frame up to this number).
     pub written: AtomicU64,
+    /// Bytes of the delivery frames queued and not written yet.
+    pub unwritten_bytes: AtomicUsize,
+    /// Signalled when delivery frames were written.
+    pub drained: Notify,
 }
 
 pub enum DeliveryCmd {
@@ -125,6 +136,8 @@ pub struct DeliveryTask {
 enum Event {
     Cmd(Option<DeliveryCmd>),
     CanSend(Option<mpsc::OwnedPermit<Outbound>>),
+    /// The connection wrote delivery frames: there may be room for more.
+    Drained,
     NewRows,
     Timeout,
     Handoff,
@@ -201,13 +214,23 @@ impl DeliveryTask {
     pub async fn run(mut self) {
         loop {
             let window_open = self.window_open();
-            let can_send = self.active.is_some() && (window_open || !self.resend.is_empty());
+            let wants_to_send = self.active.is_some() && (window_open || !self.resend.is_empty());
+            // Past `UNWRITTEN_BYTES`, the task waits for the connection to write.
+            let on_wire = self
+                .active
+                .as_ref()
+                .map_or(0, |c| c.wire.unwritten_bytes.load(Ordering::Relaxed));
+            let can_send = wants_to_send && on_wire < UNWRITTEN_BYTES;
+            let wire = (wants_to_send && !can_send)
+                .then(|| self.active.as_ref().map(|c| c.wire.clone()))
+                .flatten();
             let deadline = self.next_deadline;
             let conn_tx = self.active.as_ref().map(|c| c.tx.clone());
             let event = tokio::select! {
                 _ = self.node.shutdown.cancelled() => Event::Shutdown,
                 cmd = self.rx.recv() => Event::Cmd(cmd),
                 permit = async { conn_tx.expect("guarded by can_send").reserve_owned().await.ok() }, if can_send => Event::CanSend(permit),
+                _ = async { wire.expect("guarded").drained.notified().await }, if wire.is_some() => Event::Drained,
                 _ = self.new_rows.notified() => Event::NewRows,
                 // A safety net: look at the outbox now and then even without a wake-up.
                 _ = tokio::time::sleep(self.node.cfg.retry_base), if !self.more && self.active.is_some() => Event::NewRows,
@@ -219,6 +242,7 @@ impl DeliveryTask {
                 Event::Shutdown | Event::Cmd(None) => break,
                 Event::Cmd(Some(cmd)) => self.on_cmd(cmd).await,
                 Event::CanSend(Some(permit)) => self.send_batch(permit).await,
+                Event::Drained => {}
                 Event::CanSend(None) => {
                     // The connection's queue closed: it is going away and will detach.
                     let id = self.active.as_ref().map(|c| c.id);
@@ -460,6 +484,7 @@ impl DeliveryTask {
         telemetry::frame_sent(&self.node, &self.peer, &types, frame.len());
         if let Some(w) = wire {
             w.queued.store(frame_no, Ordering::Relaxed);
+            w.unwritten_bytes.fetch_add(frame.len(), Ordering::Relaxed);
         }
         permit.send(Outbound::Delivery(frame));
         // Rows are not marked `sent` here: the first unanswered retry period marks them (see
