@@ -167,6 +167,10 @@ struct RunArgs {
     /// Invalid messages one connection may send per second before it is closed (1008). Default: 100
     #[arg(long, env = "SLIPSTREAM_MAX_INVALID_PER_SECOND")]
     max_invalid_per_second: Option<String>,
+    /// Bytes of pushed writes a local app may fall behind on (pushed, not yet written to its
+    /// socket) before it is disconnected (1013), besides 16,384 writes. Default: 67108864
+    #[arg(long, env = "SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES")]
+    max_push_backlog_bytes: Option<String>,
 }
 
 impl RunArgs {
@@ -208,6 +212,7 @@ impl RunArgs {
             max_value_bytes: self.max_value_bytes,
             max_connections: self.max_connections,
             max_invalid_per_second: self.max_invalid_per_second,
+            max_push_backlog_bytes: self.max_push_backlog_bytes,
         }
     }
 }

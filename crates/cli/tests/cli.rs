@@ -96,6 +96,7 @@ fn run_help_lists_every_variable() {
         "SLIPSTREAM_MAX_VALUE_BYTES",
         "SLIPSTREAM_MAX_CONNECTIONS",
         "SLIPSTREAM_MAX_INVALID_PER_SECOND",
+        "SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES",
     ] {
         assert!(
             help.contains(&format!("env: {var}=")) || help.contains(&format!("env: {var}]")),

@@ -652,6 +652,58 @@ async fn sigterm_stops_cleanly_and_a_restart_resumes() {
     a.wait_has_all(&all).await;
 }
 
+/// An app that does not read its pushes is disconnected (close code 1013: reconnect and
+/// re-read) once the writes pushed to it and not yet written to its socket take
+/// `SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES` (here 16 MiB), however few writes that is: the node
+/// does not keep large values for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_does_not_read_its_pushes_is_cut_off_before_they_fill_memory() {
+    // The allocator gives freed memory back at once: RSS follows what the node holds.
+    // Heartbeats far apart: an app that reads nothing answers no ping either, and would be
+    // closed for that after three heartbeats.
+    let a = start(
+        NodeOptions::default()
+            .env("MIMALLOC_PURGE_DELAY", "0")
+            .env("SLIPSTREAM_HEARTBEAT_SECONDS", "60")
+            .env("SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES", &(16 << 20).to_string()),
+    );
+    let mut idle = WsClient::app(&a.ws_url()).await.unwrap();
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    // 3,200 values of 48 KiB: about 150 MiB pushed to each app (loopback sockets can buffer
+    // over 30 MiB of it), far fewer writes than the 16,384 an app may otherwise fall behind on.
+    let filler = "x".repeat(48 * 1024);
+    let all: Vec<(String, String)> = (0..3200)
+        .map(|i| (format!("push:{i}"), format!("{i}-{filler}")))
+        .collect();
+    for chunk in all.chunks(16) {
+        app.publish(chunk).await.unwrap();
+    }
+    let peak = a.status().await.unwrap()["process"]["peakRssMiB"]
+        .as_f64()
+        .expect("peak RSS is a number");
+    assert!(
+        peak < 90.0,
+        "the node held the idle app's pushes: peak RSS {peak} MiB"
+    );
+    a.wait_for_log("local app too slow for pushed writes").await;
+    // The idle app now reads what reached its socket, then the end of the connection (a
+    // reset: with its socket full, the close frame could not be written either).
+    let mut pushed = 0;
+    let end = loop {
+        match idle.recv(LONG).await {
+            Ok(_) => pushed += 1,
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        !end.contains("nothing received"),
+        "{end} after {pushed} pushes"
+    );
+    assert!(pushed < all.len(), "every write reached the idle app");
+    // The app that reads is still served.
+    app.publish(&writes("after", 0..1)).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_apps_are_pushed_writes_applied_on_their_node() {
     let a = start(NodeOptions::default());

@@ -95,6 +95,7 @@ pub struct RawConfig {
     pub max_value_bytes: Option<String>,
     pub max_connections: Option<String>,
     pub max_invalid_per_second: Option<String>,
+    pub max_push_backlog_bytes: Option<String>,
 }
 
 /// The validated configuration of one node.
@@ -131,6 +132,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Invalid messages a connection may send per second before it is closed (1008).
     pub max_invalid_per_second: u32,
+    /// Bytes of pushed writes a local app may fall behind on (pushed, not yet written to its
+    /// socket) before it is disconnected (1013).
+    pub max_push_backlog_bytes: u64,
     /// Apply writes to this Redis instead of the embedded store.
     pub redis_url: Option<String>,
     /// Prefix of Slipstream's own keys in Redis (versions and tombstones).
@@ -191,6 +195,7 @@ impl Config {
             peer_tls: Vec::new(),
             max_connections: 1024,
             max_invalid_per_second: 100,
+            max_push_backlog_bytes: 64 << 20,
             redis_url: None,
             redis_prefix: "slipstream:".to_owned(),
             cmd_allow: vec!["DEL".into(), "EXPIRE".into(), "PING".into()],
@@ -323,6 +328,11 @@ impl Config {
             "SLIPSTREAM_MAX_INVALID_PER_SECOND",
             100,
         )? as u32;
+        let max_push_backlog_bytes = limit(
+            &raw.max_push_backlog_bytes,
+            "SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES",
+            64 << 20,
+        )? as u64;
         let metrics_port: u16 = parse_num(&raw.metrics_port, "METRICS_PORT", 8080)?;
         let metrics_host = raw.metrics_host.as_deref().unwrap_or("0.0.0.0");
         let http_addr = format!("{metrics_host}:{metrics_port}")
@@ -422,6 +432,7 @@ impl Config {
             peer_tls,
             max_connections,
             max_invalid_per_second,
+            max_push_backlog_bytes,
             delivery_window: 4096,
             redis_url,
             redis_prefix,
@@ -587,6 +598,7 @@ mod tests {
         assert_eq!(c.auth_token, None);
         assert_eq!(c.limits.max_frame_bytes, 1024 * 1024);
         assert_eq!(c.heartbeat, Duration::from_secs(10));
+        assert_eq!(c.max_push_backlog_bytes, 64 << 20);
     }
 
     #[test]
@@ -683,6 +695,11 @@ mod tests {
             ..raw()
         });
         assert!(e.starts_with("MAX_MESSAGE_REPUBLISH_ATTEMPTS:"), "{e}");
+        let e = err(RawConfig {
+            max_push_backlog_bytes: Some("lots".into()),
+            ..raw()
+        });
+        assert!(e.starts_with("SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES:"), "{e}");
     }
 
     #[test]

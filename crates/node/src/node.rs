@@ -29,7 +29,9 @@ use crate::requests::{ReplySink, Requests};
 use crate::store::{self, redis::RedisStore};
 use crate::telemetry::{self, Metrics};
 
-/// Writes a local app may fall behind on its pushes before it is disconnected.
+/// Writes a local app may fall behind on its pushes before it is disconnected. Bytes are
+/// bounded too (`SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES`): the count alone let an app that reads
+/// slowly keep 16,384 values in the node, 8 GiB at the largest value size.
 pub const PUSH_BACKLOG: usize = 16 * 1024;
 
 /// What the caller should do with a message it handed in.
@@ -75,6 +77,8 @@ pub struct Node {
     pub peers: Peers,
     /// Every write that changed the local store, encoded, for connected local apps.
     pub clients: broadcast::Sender<Arc<str>>,
+    /// Bytes of every push sent to `clients` so far, for how far behind an app is in bytes.
+    pub pushed_bytes: AtomicU64,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -156,6 +160,7 @@ impl Node {
             router: Mutex::new(router),
             peers: Peers::default(),
             clients,
+            pushed_bytes: AtomicU64::new(0),
             metrics,
             circuits: Mutex::default(),
             shutdown: CancellationToken::new(),
@@ -651,7 +656,7 @@ impl Node {
                         applied_now.then_some(hlc),
                     );
                     if changed {
-                        let _ = node.clients.send(push);
+                        node.push(push);
                     }
                     if queued && has_apply {
                         node.apply_wake.notify_one();
@@ -767,6 +772,15 @@ impl Node {
         }
     }
 
+    /// Pushes a write that changed the store to the connected local apps.
+    fn push(&self, body: Arc<str>) {
+        if self.clients.receiver_count() > 0 {
+            self.pushed_bytes
+                .fetch_add(body.len() as u64, Ordering::Relaxed);
+            let _ = self.clients.send(body);
+        }
+    }
+
     /// A write was applied to Redis by the applier.
     pub fn applied_externally(&self, msg: &Message, changed: bool, hlc: Hlc) {
         let lag_ms = now_ms().saturating_sub(hlc.millis());
@@ -774,7 +788,7 @@ impl Node {
             .replication_latency
             .observe(lag_ms as f64 / 1000.0);
         if changed {
-            let _ = self.clients.send(msg.encode().into());
+            self.push(msg.encode().into());
         }
         if matches!(msg.body, Body::Command { .. }) {
             self.answer(msg, command_result(changed));

@@ -48,6 +48,8 @@ const UNSENT_PAUSE: usize = 16;
 /// megabyte each would otherwise stop the reading that an app writing everything before it
 /// reads needs.
 const MAX_UNSENT_BYTES: usize = 4 << 20;
+/// How often an app's push backlog is checked when nothing else wakes its connection.
+const PUSH_CHECK: Duration = Duration::from_millis(100);
 /// Most pushed writes sent to a local app in one frame.
 const MAX_PUSH_BATCH: usize = 256;
 /// How long an outbound connection waits for the peer's HELLO before treating it as an older
@@ -89,6 +91,8 @@ enum Event<'a> {
     Committed(Committed),
     Push(Result<Arc<str>, broadcast::error::RecvError>),
     Tick,
+    /// Time to look at how far behind an app is on its pushes.
+    PushCheck,
     HelloTimeout,
 }
 
@@ -100,20 +104,23 @@ enum Kind {
     Answer,
     /// Delivery rows: counted in the connection's [`Wire`] once written.
     Delivery,
-    /// A push, a HELLO, a ping.
+    /// Writes pushed to a local app: counted in `InWriter::pushed` once written.
+    Push,
+    /// A HELLO, a ping, answers left over at the end.
     Other,
 }
 
-/// A frame in the writer task's queue, with its bytes if it is an answer and if it is a
-/// delivery frame (0 otherwise), released once it is written.
-type Queued = (WsMessage, usize, usize);
+/// A frame in the writer task's queue, with what it is; what is counted of it until written
+/// is released once it is.
+type Queued = (WsMessage, Kind);
 
 /// Bytes of answers handed to the writer task and not written yet (see `MAX_UNSENT_BYTES`),
-/// and the wake-up of a connection that paused reading on them.
+/// and the wake-up of a connection that paused reading on them; bytes of pushes written.
 #[derive(Default)]
 struct InWriter {
     bytes: std::sync::atomic::AtomicUsize,
     written: tokio::sync::Notify,
+    pushed: std::sync::atomic::AtomicU64,
 }
 
 /// Why the loop ends.
@@ -141,6 +148,9 @@ struct Conn {
     /// Their sum (see `MAX_PENDING_BYTES`).
     pending_bytes: usize,
     pushes: Option<broadcast::Receiver<Arc<str>>>,
+    /// `Node::pushed_bytes` when this connection subscribed to pushes: with the pushes written
+    /// since (`InWriter::pushed`), how far behind the app is in bytes.
+    push_base: u64,
     /// Frames to write, oldest first, handed to the writer task as its queue has room.
     out: VecDeque<(WsMessage, Kind)>,
     /// Bytes of the answers in `out` (see `MAX_UNSENT_BYTES`).
@@ -197,6 +207,7 @@ where
         pending_sizes: VecDeque::new(),
         pending_bytes: 0,
         pushes: None,
+        push_base: 0,
         out: VecDeque::new(),
         answer_bytes: 0,
         in_writer: in_writer.clone(),
@@ -210,11 +221,14 @@ where
     conn.hello_sent = node.hello().encode();
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // An app's push backlog is checked on every turn, and at least this often.
+    let mut push_check = tokio::time::interval(PUSH_CHECK);
+    push_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let hello_deadline = connected_at + HELLO_WAIT;
     // Whether reading paused on unwritten answers at the last turn (counted once per pause).
     let mut paused = false;
     let end = if out_tx
-        .send((WsMessage::Text(conn.hello_sent.clone().into()), 0, 0))
+        .send((WsMessage::Text(conn.hello_sent.clone().into()), Kind::Other))
         .await
         .is_err()
     {
@@ -249,6 +263,7 @@ where
                 frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.pending_bytes < MAX_PENDING_BYTES && reading => Event::Frame(frame),
                 _ = in_writer.written.notified(), if !reading => Event::Written,
                 _ = ticker.tick() => Event::Tick,
+                _ = push_check.tick(), if conn.pushes.is_some() => Event::PushCheck,
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
             };
             let step = match event {
@@ -283,6 +298,7 @@ where
                 }
                 Event::Push(push) => conn.on_push(push),
                 Event::Tick => conn.on_tick(),
+                Event::PushCheck => Ok(()),
                 Event::HelloTimeout => {
                     // An older peer that sends no HELLO: deliver to it under its configured URL.
                     if let Some(url) = conn.ctx.url.clone() {
@@ -292,6 +308,7 @@ where
                     Ok(())
                 }
             };
+            let step = step.and_then(|()| conn.check_push_lag());
             conn.flush_acks();
             // Frames go to the writer task as far as its queue has room; the rest wait in
             // `out` for the `Room` event. The writer gives up after three heartbeats without
@@ -325,12 +342,13 @@ where
     let unsent = std::mem::take(&mut conn.out);
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         for (frame, kind) in unsent {
-            let delivery = if kind == Kind::Delivery {
-                frame.len()
+            // Answers here were never counted in the writer's queue.
+            let kind = if kind == Kind::Answer {
+                Kind::Other
             } else {
-                0
+                kind
             };
-            if out_tx.send((frame, 0, delivery)).await.is_err() {
+            if out_tx.send((frame, kind)).await.is_err() {
                 break;
             }
         }
@@ -344,7 +362,7 @@ where
         };
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            out_tx.send((WsMessage::Close(Some(frame)), 0, 0)),
+            out_tx.send((WsMessage::Close(Some(frame)), Kind::Other)),
         )
         .await;
     }
@@ -383,11 +401,20 @@ async fn write_frames<S>(
                 Err(_) => break,
             }
         }
-        let answers: usize = batch.iter().map(|(_, bytes, _)| bytes).sum();
-        let deliveries = batch.iter().filter(|(_, _, bytes)| *bytes > 0).count() as u64;
-        let delivery_bytes: usize = batch.iter().map(|(_, _, bytes)| bytes).sum();
+        let (mut answers, mut deliveries, mut delivery_bytes, mut pushed) = (0, 0u64, 0, 0);
+        for (frame, kind) in &batch {
+            match kind {
+                Kind::Answer => answers += frame.len(),
+                Kind::Delivery => {
+                    deliveries += 1;
+                    delivery_bytes += frame.len();
+                }
+                Kind::Push => pushed += frame.len() as u64,
+                Kind::Other => {}
+            }
+        }
         let write = async {
-            for (frame, _, _) in batch.drain(..) {
+            for (frame, _) in batch.drain(..) {
                 sink.feed(frame).await?;
             }
             sink.flush().await
@@ -399,6 +426,9 @@ async fn write_frames<S>(
         if answers > 0 {
             in_writer.bytes.fetch_sub(answers, Ordering::Relaxed);
             in_writer.written.notify_one();
+        }
+        if pushed > 0 {
+            in_writer.pushed.fetch_add(pushed, Ordering::Relaxed);
         }
         if deliveries > 0 {
             wire.written.fetch_add(deliveries, Ordering::Release);
@@ -425,7 +455,8 @@ impl Conn {
         self.push_out(WsMessage::Text(frame.into()), Kind::Answer);
     }
 
-    /// A frame this node sends of its own accord (a push, a HELLO), not delivery rows.
+    /// A frame this node sends of its own accord (a HELLO, a read sent on): not delivery rows,
+    /// not a push.
     fn text(&mut self, frame: String) {
         self.push_out(WsMessage::Text(frame.into()), Kind::Other);
     }
@@ -444,12 +475,7 @@ impl Conn {
             // Counted in the writer's queue until written (see `MAX_UNSENT_BYTES`).
             self.answer_bytes -= bytes;
             self.in_writer.bytes.fetch_add(bytes, Ordering::Relaxed);
-            let delivery = if kind == Kind::Delivery {
-                frame.len()
-            } else {
-                0
-            };
-            permit.send((frame, bytes, delivery));
+            permit.send((frame, kind));
         }
     }
 
@@ -629,6 +655,30 @@ impl Conn {
         self.who = Who::Client;
         self.sender = Sender::Client;
         self.pushes = Some(self.node.clients.subscribe());
+        // After subscribing: a push counted before it is then not waited for in vain.
+        self.push_base = self.node.pushed_bytes.load(Ordering::Relaxed);
+    }
+
+    /// Closes the connection (1013) once the writes pushed to this app and not yet written
+    /// to its socket take more than `SLIPSTREAM_MAX_PUSH_BACKLOG_BYTES`, waiting for it here
+    /// or in the push backlog: an app that reads slowly does not keep large values in the node.
+    fn check_push_lag(&self) -> Result<(), End> {
+        if self.pushes.is_none() {
+            return Ok(());
+        }
+        let behind = self
+            .node
+            .pushed_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.push_base + self.in_writer.pushed.load(Ordering::Relaxed));
+        if behind <= self.node.cfg.max_push_backlog_bytes {
+            return Ok(());
+        }
+        tracing::error!(instance_id = %self.node.id, conn = self.id, behind_bytes = behind, "local app too slow for pushed writes; closing so it reconnects and re-reads");
+        Err(End::Close(
+            CloseCode::Again,
+            format!("too slow: {behind} bytes of pushed writes not read; reconnect and re-read"),
+        ))
     }
 
     /// A frame of `bytes` added `writes` commits to wait for.
@@ -701,9 +751,12 @@ impl Conn {
                 if bytes > budget && bodies.len() > 1 {
                     carry = bodies.pop();
                 }
-                self.text(slipstream_protocol::join_encoded(&bodies));
+                self.push_out(
+                    WsMessage::Text(slipstream_protocol::join_encoded(&bodies).into()),
+                    Kind::Push,
+                );
                 if let Some(last) = carry {
-                    self.text(last.to_string());
+                    self.push_out(WsMessage::Text(last.to_string().into()), Kind::Push);
                 }
                 match lagged {
                     Some(n) => self.on_push(Err(broadcast::error::RecvError::Lagged(n))),
