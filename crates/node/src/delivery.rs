@@ -57,7 +57,7 @@ const UNWRITTEN_BYTES: usize = 4 << 20;
 pub struct ConnHandle {
     pub id: u64,
     pub tx: mpsc::Sender<Outbound>,
-    /// How many of its delivery frames the connection has written to its socket.
+    /// The connection's delivery frames, queued and written (see [`Wire`]).
     pub wire: Arc<Wire>,
 }
 
