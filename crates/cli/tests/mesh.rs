@@ -26,6 +26,13 @@ async fn full_mesh(env: &[(&str, &str)]) -> (TestNode, TestNode, TestNode) {
     (a, b, c)
 }
 
+/// The node's peak RSS so far, in MiB (`/status`).
+async fn peak_rss_mib(node: &TestNode) -> f64 {
+    node.status().await.unwrap()["process"]["peakRssMiB"]
+        .as_f64()
+        .expect("peak RSS is a number")
+}
+
 fn writes(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> {
     range
         .map(|i| (format!("{prefix}:{i}"), format!("value-{i}")))
@@ -296,9 +303,7 @@ async fn a_peer_that_reads_slowly_costs_its_origin_little_memory_and_no_false_at
     }
     // Frozen past the 3.5 s in which three sends counted unanswered dead-letter a row.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let peak = a.status().await.unwrap()["process"]["peakRssMiB"]
-        .as_f64()
-        .expect("peak RSS is a number");
+    let peak = peak_rss_mib(&a).await;
     b.resume().unwrap();
     assert!(
         peak < 80.0,
@@ -308,9 +313,7 @@ async fn a_peer_that_reads_slowly_costs_its_origin_little_memory_and_no_false_at
     a.wait_drained().await;
     b.wait_has_all(&all[all.len() - 16..]).await;
     // Catching up, b read the frames only as fast as it committed their writes.
-    let b_peak = b.status().await.unwrap()["process"]["peakRssMiB"]
-        .as_f64()
-        .expect("peak RSS is a number");
+    let b_peak = peak_rss_mib(&b).await;
     assert!(
         b_peak < 80.0,
         "the catching-up peer held the frames it read in memory: peak RSS {b_peak} MiB"
@@ -678,9 +681,7 @@ async fn an_app_that_does_not_read_its_pushes_is_cut_off_before_they_fill_memory
     for chunk in all.chunks(16) {
         app.publish(chunk).await.unwrap();
     }
-    let peak = a.status().await.unwrap()["process"]["peakRssMiB"]
-        .as_f64()
-        .expect("peak RSS is a number");
+    let peak = peak_rss_mib(&a).await;
     assert!(
         peak < 90.0,
         "the node held the idle app's pushes: peak RSS {peak} MiB"
