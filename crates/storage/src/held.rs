@@ -142,13 +142,13 @@ impl Held {
             .filter(move |p| *p < n)
     }
 
-    /// The peer of a held row.
-    fn find(&self, seq: i64) -> Option<usize> {
-        let p = self
+    /// A held row, with the peer it is held for.
+    fn find(&self, seq: i64) -> Option<(&PeerRows, &Row)> {
+        let (p, row) = self
             .lookup_order()
-            .find(|p| self.peers[*p].rows.get(seq).is_some())?;
+            .find_map(|p| self.peers[p].rows.get(seq).map(|r| (p, r)))?;
         self.last.set(p);
-        Some(p)
+        Some((&self.peers[p], row))
     }
 
     /// Takes a held row away; the peer it was held for.
@@ -227,10 +227,7 @@ impl Held {
              VALUES (?1, ?2, ?3, 'pending', 0, ?4)",
         )?;
         for seq in seqs {
-            let Some(peer) = self.find(*seq).map(|p| &self.peers[p]) else {
-                continue;
-            };
-            if let Some(r) = peer.rows.get(*seq) {
+            if let Some((peer, r)) = self.find(*seq) {
                 st.execute(params![seq, r.msg, &*peer.name, now_ms])?;
             }
         }

@@ -785,7 +785,7 @@ fn record(
     let path = slipstream_protocol::json_strings(&rec.path);
     let renamed;
     let is_renamed = |p: &String| p.starts_with("url:") && hot.renamed.contains_key(p);
-    let peers: &[String] = if !rec.recipients.iter().any(is_renamed) {
+    let peers: &[String] = if hot.renamed.is_empty() || !rec.recipients.iter().any(is_renamed) {
         &rec.recipients
     } else {
         renamed = renamed_recipients(&rec.recipients, &hot.renamed);
