@@ -705,6 +705,117 @@ async fn an_app_that_does_not_read_its_pushes_is_cut_off_before_they_fill_memory
     app.publish(&writes("after", 0..1)).await.unwrap();
 }
 
+/// Apps that fall behind on their pushes share the node's one copy of the writes they have not
+/// taken yet: a connection makes frames of pushes for its app only while little of what it
+/// made is unwritten. Eight apps that do not read, each 48 MiB behind (under the 64 MiB that
+/// would close them), would otherwise hold eight copies of it; each still gets every write, in
+/// order, once it reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_behind_on_their_pushes_share_one_copy_of_them() {
+    let a = start(
+        NodeOptions::default()
+            .env("MIMALLOC_PURGE_DELAY", "0")
+            .env("SLIPSTREAM_HEARTBEAT_SECONDS", "60"),
+    );
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(WsClient::app(&a.ws_url()).await.unwrap());
+    }
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    let filler = "x".repeat(48 * 1024);
+    let all: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("shared:{i}"), format!("{i}-{filler}")))
+        .collect();
+    for chunk in all.chunks(16) {
+        app.publish(chunk).await.unwrap();
+    }
+    let peak = peak_rss_mib(&a).await;
+    assert!(
+        peak < 150.0,
+        "the node held a copy of the pushes for each app: peak RSS {peak} MiB"
+    );
+    let last = idle.last_mut().expect("eight apps");
+    for (i, (key, _)) in all.iter().enumerate() {
+        let pushed = last.recv_until(LONG, |v| v["type"] == "SK").await.unwrap();
+        assert_eq!(pushed["key"], key.as_str(), "push {i}");
+    }
+}
+
+/// Writes waiting for their commit are bounded over all of a node's connections, not only
+/// per connection. Another process holds the node's database locked for writing, so nothing
+/// commits meanwhile (the node waits up to its 5 s busy timeout), while eight apps send 12 MiB
+/// of writes each without waiting for their ACKs: every connection pauses reading once the
+/// node holds 16 MiB of such frames (each alone may hold 8 MiB). Once the lock goes, every
+/// write is recorded and acknowledged. (The writes are for another cloud's tags, so nothing
+/// is applied or pushed here, and the node has no peer: what it holds is what it read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_apps_writing_at_once_share_one_bound_on_what_waits_for_its_commit() {
+    // Heartbeats far apart: an app blocked in its send answers no ping.
+    let a = start(
+        NodeOptions::default()
+            .env("MIMALLOC_PURGE_DELAY", "0")
+            .env("SLIPSTREAM_HEARTBEAT_SECONDS", "60"),
+    );
+    let filler = "x".repeat(48 * 1024);
+    // Made before the lock is taken, so the apps send as fast as the node reads, and the
+    // commits wait for less than the busy timeout.
+    let mut apps = Vec::new();
+    for n in 0..8 {
+        let app = WsClient::app(&a.ws_url()).await.unwrap();
+        let frames: Vec<String> = (0..16)
+            .map(|f| {
+                let writes: Vec<Value> = (0..16)
+                    .map(|i| {
+                        let id = format!("bounded:{n}:{}", f * 16 + i);
+                        json!({"type": "SK", "key": id, "value": filler, "messageId": id,
+                            "targetedTags": ["elsewhere"]})
+                    })
+                    .collect();
+                Value::Array(writes).to_string()
+            })
+            .collect();
+        apps.push((app, frames));
+    }
+    let db = rusqlite::Connection::open(a.data_dir().join("slipstream.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let apps: Vec<_> = apps
+        .into_iter()
+        .map(|(mut app, frames)| {
+            tokio::spawn(async move {
+                for frame in &frames {
+                    app.send_text(frame).await.unwrap();
+                }
+                let mut acked = std::collections::HashSet::new();
+                while acked.len() < 16 * 16 {
+                    let ack = app.recv(LONG).await.unwrap();
+                    assert_ne!(ack["type"], "NACK", "{ack}");
+                    acked.extend(slipstream_testkit::ack_ids(&ack));
+                }
+            })
+        })
+        .collect();
+    eventually("connections paused on the node's bound", LONG, || async {
+        let pauses = a
+            .metric("slipstream_ingest_pauses_total")
+            .await
+            .map_err(|e| e.to_string())?;
+        (pauses > 0.0)
+            .then_some(())
+            .ok_or(format!("{pauses} pauses"))
+    })
+    .await;
+    let peak = peak_rss_mib(&a).await;
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    for app in apps {
+        app.await.unwrap();
+    }
+    assert!(
+        peak < 120.0,
+        "the node read far past its bound on writes waiting for their commit: peak RSS {peak} MiB"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_apps_are_pushed_writes_applied_on_their_node() {
     let a = start(NodeOptions::default());

@@ -47,6 +47,12 @@ const UNSENT_PAUSE: usize = 16;
 /// megabyte each would otherwise stop the reading that an app writing everything before it
 /// reads needs.
 const MAX_UNSENT_BYTES: usize = 4 << 20;
+/// Bytes of push frames made for one app and not yet written to its socket (waiting here or in
+/// the writer task's queue) past which the connection takes no more pushes for it. The writes
+/// not taken yet stay in the node's push backlog, one copy shared by every app, instead of a
+/// frame of copies for each app: eight apps that each fell 30 MiB behind on 48 KiB values took
+/// a node to 900 MiB when every connection copied its pushes into frames as they came.
+const MAX_UNWRITTEN_PUSH_BYTES: u64 = 1 << 20;
 /// How often an app's push backlog is checked when nothing else wakes its connection.
 const PUSH_CHECK: Duration = Duration::from_millis(100);
 /// Most pushed writes sent to a local app in one frame.
@@ -83,7 +89,8 @@ enum Event<'a> {
     WriteStuck,
     /// The writer task's queue has room for the oldest frame waiting here.
     Room(mpsc::Permit<'a, Queued>),
-    /// The writer task wrote answers: reading may go on.
+    /// The writer task wrote answers or pushes, or other connections' writes were committed:
+    /// reading, or taking pushes, may go on.
     Written,
     Frame(Option<Result<WsMessage, WsError>>),
     Out(Outbound),
@@ -114,7 +121,8 @@ enum Kind {
 type Queued = (WsMessage, Kind);
 
 /// Bytes of answers handed to the writer task and not written yet (see `MAX_UNSENT_BYTES`),
-/// and the wake-up of a connection that paused reading on them; bytes of pushes written.
+/// and the wake-up of a connection that paused reading on them or taking pushes; bytes of
+/// pushes written.
 #[derive(Default)]
 struct InWriter {
     bytes: std::sync::atomic::AtomicUsize,
@@ -150,6 +158,9 @@ struct Conn {
     /// `Node::pushed_bytes` when this connection subscribed to pushes: with the pushes written
     /// since (`InWriter::pushed`), how far behind the app is in bytes.
     push_base: u64,
+    /// Bytes of the push frames made for this app so far: less `InWriter::pushed`, those not
+    /// written yet (see `MAX_UNWRITTEN_PUSH_BYTES`).
+    push_framed: u64,
     /// Frames to write, oldest first, handed to the writer task as its queue has room.
     out: VecDeque<(WsMessage, Kind)>,
     /// Bytes of the answers in `out` (see `MAX_UNSENT_BYTES`).
@@ -207,6 +218,7 @@ where
         pending_bytes: 0,
         pushes: None,
         push_base: 0,
+        push_framed: 0,
         out: VecDeque::new(),
         answer_bytes: 0,
         in_writer: in_writer.clone(),
@@ -226,6 +238,8 @@ where
     let hello_deadline = connected_at + HELLO_WAIT;
     // Whether reading paused on unwritten answers at the last turn (counted once per pause).
     let mut paused = false;
+    // Whether reading paused on the node's bound on writes waiting for their commit.
+    let mut node_paused = false;
     let end = if out_tx
         .send((WsMessage::Text(conn.hello_sent.clone().into()), Kind::Other))
         .await
@@ -240,6 +254,20 @@ where
             // `out`, and while many do, pushes and deliveries wait where they are. Reading
             // goes on, so a remote that writes everything before it reads is still served.
             let backed_up = conn.out.len() >= UNSENT_PAUSE;
+            let push_room = conn.push_framed - in_writer.pushed.load(Ordering::Relaxed)
+                < MAX_UNWRITTEN_PUSH_BYTES;
+            // The node's bound on writes waiting for their commit, over all connections: the
+            // wait for room is registered before the check, so a release in between wakes it.
+            let freed = node.pending.freed();
+            tokio::pin!(freed);
+            let node_room = !node.pending.full() || {
+                freed.as_mut().enable();
+                !node.pending.full()
+            };
+            if !node_room && !node_paused {
+                node.metrics.ingest_pauses.inc();
+            }
+            node_paused = !node_room;
             let reading =
                 conn.answer_bytes + in_writer.bytes.load(Ordering::Relaxed) < MAX_UNSENT_BYTES;
             if !reading && !paused {
@@ -258,9 +286,11 @@ where
                 Some(frame) = rx.recv(), if !backed_up => Event::Out(frame),
                 // Pushes before new input: an app that writes fast must not fall behind on
                 // the writes it is pushed.
-                push = next_push(&mut conn.pushes), if !backed_up => Event::Push(push),
-                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.pending_bytes < MAX_PENDING_BYTES && reading => Event::Frame(frame),
-                _ = in_writer.written.notified(), if !reading => Event::Written,
+                push = next_push(&mut conn.pushes), if !backed_up && push_room => Event::Push(push),
+                frame = stream.next(), if conn.commits.len() < MAX_PENDING_COMMITS && conn.pending_bytes < MAX_PENDING_BYTES && node_room && reading => Event::Frame(frame),
+                // Woken to check the bounds above again.
+                _ = &mut freed, if !node_room => Event::Written,
+                _ = in_writer.written.notified(), if !reading || !push_room => Event::Written,
                 _ = ticker.tick() => Event::Tick,
                 _ = push_check.tick(), if conn.pushes.is_some() => Event::PushCheck,
                 _ = tokio::time::sleep_until(hello_deadline), if waiting_hello => Event::HelloTimeout,
@@ -324,6 +354,11 @@ where
             }
         }
     };
+    // This connection's writes still waiting for their commit no longer count against the
+    // node's bound: the connection reads no more.
+    node.pending
+        .release(conn.commits.len(), std::mem::take(&mut conn.pending_bytes));
+    conn.pending_sizes.clear();
     // Commits still running carry their effects (seen marks, pushes to apps): a task drives
     // them to the end although their ACKs can no longer go out.
     if !conn.commits.is_empty() {
@@ -424,10 +459,12 @@ async fn write_frames<S>(
         }
         if answers > 0 {
             in_writer.bytes.fetch_sub(answers, Ordering::Relaxed);
-            in_writer.written.notify_one();
         }
         if pushed > 0 {
             in_writer.pushed.fetch_add(pushed, Ordering::Relaxed);
+        }
+        if answers > 0 || pushed > 0 {
+            in_writer.written.notify_one();
         }
         if deliveries > 0 {
             wire.written.fetch_add(deliveries, Ordering::Release);
@@ -461,8 +498,10 @@ impl Conn {
     }
 
     fn push_out(&mut self, frame: WsMessage, kind: Kind) {
-        if kind == Kind::Answer {
-            self.answer_bytes += frame.len();
+        match kind {
+            Kind::Answer => self.answer_bytes += frame.len(),
+            Kind::Push => self.push_framed += frame.len() as u64,
+            Kind::Delivery | Kind::Other => {}
         }
         self.out.push_back((frame, kind));
     }
@@ -686,15 +725,19 @@ impl Conn {
             let each = bytes.div_ceil(writes);
             self.pending_sizes.push_back((writes, each));
             self.pending_bytes += writes * each;
+            self.node.pending.add(writes, writes * each);
         }
     }
 
     fn on_committed(&mut self, done: Committed) {
         let mut next = Some(done);
+        let (mut done_writes, mut done_bytes) = (0, 0);
         // Take every commit that is already done, to answer them in one ACK frame.
         while let Some(done) = next.take() {
             if let Some((writes, each)) = self.pending_sizes.front_mut() {
                 self.pending_bytes -= *each;
+                done_writes += 1;
+                done_bytes += *each;
                 *writes -= 1;
                 if *writes == 0 {
                     self.pending_sizes.pop_front();
@@ -706,6 +749,7 @@ impl Conn {
             }
             next = self.commits.next().now_or_never().flatten();
         }
+        self.node.pending.release(done_writes, done_bytes);
     }
 
     fn flush_acks(&mut self) {

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub frames_sent: IntCounter,
     pub read_pauses: IntCounter,
+    pub ingest_pauses: IntCounter,
     pub bytes_sent: IntCounter,
 }
 
@@ -158,6 +159,10 @@ impl Metrics {
                 "slipstream_read_pauses_total",
                 "Times a connection stopped reading because 4 MiB of its answers were not yet written (the remote reads them too slowly)",
             ),
+            ingest_pauses: counter(
+                "slipstream_ingest_pauses_total",
+                "Times a connection stopped reading because the node's writes waiting for their commit, over all connections, reached 16,384 or 16 MiB of frames",
+            ),
             bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
             wal_frames: IntGauge::new(
                 "slipstream_wal_frames",
@@ -195,6 +200,7 @@ impl Metrics {
         register(Box::new(m.refused.clone()));
         register(Box::new(m.frames_sent.clone()));
         register(Box::new(m.read_pauses.clone()));
+        register(Box::new(m.ingest_pauses.clone()));
         register(Box::new(m.bytes_sent.clone()));
         #[cfg(target_os = "linux")]
         register(Box::new(
