@@ -745,9 +745,10 @@ async fn apps_behind_on_their_pushes_share_one_copy_of_them() {
 /// per connection. Another process holds the node's database locked for writing, so nothing
 /// commits meanwhile (the node waits up to its 5 s busy timeout), while eight apps send 12 MiB
 /// of writes each without waiting for their ACKs: every connection pauses reading once the
-/// node holds 16 MiB of such frames (each alone may hold 8 MiB). Once the lock goes, every
-/// write is recorded and acknowledged. (The writes are for another cloud's tags, so nothing
-/// is applied or pushed here, and the node has no peer: what it holds is what it read.)
+/// node holds 16 MiB of such frames (each alone may hold 8 MiB). A peer is still read
+/// meanwhile (it carries the ACKs of this node's deliveries). Once the lock goes, every write
+/// is recorded and acknowledged. (The writes are for another cloud's tags, so nothing is
+/// applied or pushed here, and no peer is owed them: what the node holds is what it read.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_apps_writing_at_once_share_one_bound_on_what_waits_for_its_commit() {
     // Heartbeats far apart: an app blocked in its send answers no ping.
@@ -776,6 +777,9 @@ async fn many_apps_writing_at_once_share_one_bound_on_what_waits_for_its_commit(
             .collect();
         apps.push((app, frames));
     }
+    // Met before the lock: meeting a peer is recorded too.
+    let mut peer = WsClient::peer(&a.ws_url(), "con-peer").await.unwrap();
+    a.wait_connected(1).await;
     let db = rusqlite::Connection::open(a.data_dir().join("slipstream.db")).unwrap();
     db.execute_batch("BEGIN IMMEDIATE").unwrap();
     let apps: Vec<_> = apps
@@ -805,6 +809,19 @@ async fn many_apps_writing_at_once_share_one_bound_on_what_waits_for_its_commit(
     })
     .await;
     let peak = peak_rss_mib(&a).await;
+    // Twice: a connection idle when the node filled up reads the frame it was waiting for
+    // before it looks at the bound again.
+    for _ in 0..2 {
+        peer.send_text("{not json").await.unwrap();
+        let nack = peer
+            .recv_until(LONG, |v| v["type"] == "NACK")
+            .await
+            .expect("a peer is read while apps wait");
+        assert!(
+            nack["error"].as_str().unwrap_or("").contains("JSON"),
+            "{nack}"
+        );
+    }
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
     for app in apps {

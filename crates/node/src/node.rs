@@ -34,11 +34,12 @@ use crate::telemetry::{self, Metrics};
 /// slowly keep 16,384 values in the node, 8 GiB at the largest value size.
 pub const PUSH_BACKLOG: usize = 16 * 1024;
 
-/// Writes from all connections together that may wait for their commit before every
-/// connection pauses reading: each connection has its own bounds too, but many connections at
-/// those bounds together could hold far more than a node should (eight apps at full speed took
-/// a node's RSS to 68 MiB with 100-byte values). Twice one connection's bound, so a single
-/// busy connection never meets it.
+/// Writes from all connections together that may wait for their commit before every app
+/// connection pauses reading (peer connections count toward it but go on: see `serve`). Each
+/// connection has its own bounds too, but many connections at those bounds could hold far
+/// more than a node should: eight of them, 65,536 writes or 64 MiB of frames, and about three
+/// times that in memory. Twice one connection's bound, so a single busy connection never
+/// meets it.
 pub const NODE_PENDING_WRITES: usize = 16 * 1024;
 /// Bytes of the frames those writes came in, from all connections together (twice one
 /// connection's bound). A pending write holds about three times its frame's bytes (the frame
@@ -55,7 +56,7 @@ pub struct PendingIngest {
 }
 
 impl PendingIngest {
-    /// Whether connections should stop reading.
+    /// Whether app connections should stop reading.
     pub fn full(&self) -> bool {
         self.writes.load(Ordering::Relaxed) >= NODE_PENDING_WRITES
             || self.bytes.load(Ordering::Relaxed) >= NODE_PENDING_BYTES
