@@ -833,6 +833,44 @@ async fn many_apps_writing_at_once_share_one_bound_on_what_waits_for_its_commit(
     );
 }
 
+/// A write whose transaction does not commit (here another process holds the database locked
+/// past the node's 5 s busy timeout, as a full or failing disk would also fail it) is answered
+/// with a NACK that says the commit failed, not that data is corrupt. Nothing of it is
+/// recorded, and the same write sent again once the lock is gone is recorded and applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_commit_fails_is_nacked_and_goes_through_when_sent_again() {
+    let a = start(NodeOptions::default().env("SLIPSTREAM_HEARTBEAT_SECONDS", "60"));
+    let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    app.publish(&writes("before", 0..1)).await.unwrap();
+    let write = json!({"type": "SK", "key": "locked:1", "value": "paid", "messageId": "locked-1"});
+    let db = rusqlite::Connection::open(a.data_dir().join("slipstream.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    app.send(&write).await.unwrap();
+    let nack = app
+        .recv_until(LONG, |v| v["type"] == "NACK" || v["type"] == "ACK")
+        .await
+        .unwrap();
+    let error = nack["error"].as_str().unwrap_or_default();
+    assert!(
+        nack["type"] == "NACK" && error.contains("commit failed") && error.contains("locked"),
+        "{nack}"
+    );
+    assert!(!error.contains("corrupt"), "{nack}");
+    assert_eq!(a.key("locked:1").await.unwrap(), None, "nothing recorded");
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    app.send(&write).await.unwrap();
+    let ack = app
+        .recv_until(LONG, |v| v["type"] == "NACK" || v["type"] == "ACK")
+        .await
+        .unwrap();
+    assert!(
+        slipstream_testkit::ack_ids(&ack).contains(&"locked-1".to_string()),
+        "{ack}"
+    );
+    assert_eq!(a.key("locked:1").await.unwrap().unwrap()["value"], "paid");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_apps_are_pushed_writes_applied_on_their_node() {
     let a = start(NodeOptions::default());

@@ -43,6 +43,11 @@ pub enum StorageError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The transaction holding the write did not commit (the disk is full or failing, or
+    /// another process holds the database locked past the busy timeout): nothing of it was
+    /// recorded, and the sender may send it again.
+    #[error("commit failed: {0}")]
+    CommitFailed(String),
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;

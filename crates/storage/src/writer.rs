@@ -250,10 +250,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "storage commit failed");
                 for op in ops {
-                    reply(
-                        op,
-                        Err(StorageError::Corrupt(format!("commit failed: {e}"))),
-                    );
+                    reply(op, Err(StorageError::CommitFailed(e.to_string())));
                 }
                 // Held rows that failed to be written are due again at once: wait before the
                 // next try instead of spinning on a failing disk.
