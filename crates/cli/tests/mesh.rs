@@ -33,6 +33,21 @@ async fn peak_rss_mib(node: &TestNode) -> f64 {
         .expect("peak RSS is a number")
 }
 
+/// `n` writes of 48 KiB values, keyed `prefix:i`, each value starting with its index.
+fn large_writes(prefix: &str, n: usize) -> Vec<(String, String)> {
+    let filler = "x".repeat(48 * 1024);
+    (0..n)
+        .map(|i| (format!("{prefix}:{i}"), format!("{i}-{filler}")))
+        .collect()
+}
+
+/// Publishes `all` from `app` 16 writes to a frame, each frame acknowledged before the next.
+async fn publish_by_16(app: &mut WsClient, all: &[(String, String)]) {
+    for chunk in all.chunks(16) {
+        app.publish(chunk).await.unwrap();
+    }
+}
+
 fn writes(prefix: &str, range: std::ops::Range<usize>) -> Vec<(String, String)> {
     range
         .map(|i| (format!("{prefix}:{i}"), format!("value-{i}")))
@@ -280,10 +295,7 @@ async fn a_peer_that_reads_slowly_costs_its_origin_little_memory_and_no_false_at
     b.wait_connected(1).await;
     // 3,200 values of 48 KiB: about 150 MiB of delivery frames, far more than loopback
     // sockets buffer.
-    let filler = "x".repeat(48 * 1024);
-    let all: Vec<(String, String)> = (0..3200)
-        .map(|i| (format!("big:{i}"), format!("{i}-{filler}")))
-        .collect();
+    let all = large_writes("big", 3200);
     // A peer, not an app: an app is pushed every write, which it would have to read too.
     let mut sender = WsClient::peer(&a.ws_url(), "con-flood").await.unwrap();
     b.pause().unwrap();
@@ -674,13 +686,8 @@ async fn an_app_that_does_not_read_its_pushes_is_cut_off_before_they_fill_memory
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
     // 3,200 values of 48 KiB: about 150 MiB pushed to each app (loopback sockets can buffer
     // over 30 MiB of it), far fewer writes than the 16,384 an app may otherwise fall behind on.
-    let filler = "x".repeat(48 * 1024);
-    let all: Vec<(String, String)> = (0..3200)
-        .map(|i| (format!("push:{i}"), format!("{i}-{filler}")))
-        .collect();
-    for chunk in all.chunks(16) {
-        app.publish(chunk).await.unwrap();
-    }
+    let all = large_writes("push", 3200);
+    publish_by_16(&mut app, &all).await;
     let peak = peak_rss_mib(&a).await;
     assert!(
         peak < 90.0,
@@ -722,13 +729,8 @@ async fn apps_behind_on_their_pushes_share_one_copy_of_them() {
         idle.push(WsClient::app(&a.ws_url()).await.unwrap());
     }
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
-    let filler = "x".repeat(48 * 1024);
-    let all: Vec<(String, String)> = (0..1000)
-        .map(|i| (format!("shared:{i}"), format!("{i}-{filler}")))
-        .collect();
-    for chunk in all.chunks(16) {
-        app.publish(chunk).await.unwrap();
-    }
+    let all = large_writes("shared", 1000);
+    publish_by_16(&mut app, &all).await;
     let peak = peak_rss_mib(&a).await;
     assert!(
         peak < 150.0,
