@@ -1,13 +1,7 @@
 //! The `slipstream` binary.
 
-/// mimalloc: allocation and freeing were about a third of a busy node's CPU with glibc's
-/// allocator (every write is decoded, recorded, forwarded and acknowledged across threads);
-/// with mimalloc the same mesh carries about a fifth more writes per second. Built without
-/// transparent huge pages (`no_thp`): with them, each node's RSS roughly tripled.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 mod admin;
+mod alloc;
 mod bench;
 mod client;
 mod dev;
@@ -220,21 +214,8 @@ impl RunArgs {
 /// Exit code for a bad configuration.
 const EXIT_CONFIG: u8 = 2;
 
-/// SQLite allocates through glibc's malloc, which gives every thread that allocates its own
-/// arena, and memory freed in one arena is not reused by another: under load a node's RSS grew
-/// to several times what it uses. Two arenas keep it near what is live, at no measurable cost
-/// in throughput (see BENCHMARKS.md).
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; it is called before any other thread
-    // exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-    }
-}
-
 fn main() -> ExitCode {
-    limit_malloc_arenas();
+    alloc::tune();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
