@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Side by side: Slipstream, Redis (primary + 2 replicas) and NATS JetStream (3-node cluster,
 # stream with 3 replicas), on this machine, loopback, same message count and size.
-# Not part of CI. Needs the Debian packages redis-server and nats-server, and python3 (it
-# installs nats-py from PyPI into a temporary virtualenv).
+# Not part of CI. Needs the Debian packages redis-server, nats-server, golang-go and
+# golang-github-nats-io-go-nats-dev (installed with apt-get when missing and run as root),
+# and python3 (it installs nats-py from PyPI into a temporary virtualenv).
+#
+# JetStream is driven twice: by the Go client's asynchronous publish (bench/jetstream, built
+# here from Debian's packages; the client the performance issue's JetStream figures were
+# measured with) and by the Python client (the earlier figures in BENCHMARKS.md). nats-server
+# 2.9 acknowledges a publish once a quorum of the stream's replicas holds it, and syncs its
+# files to disk once a minute, not per message; Slipstream syncs every write on every node.
 #
 #   bench/compare.sh [MESSAGES] [VALUE_SIZE] [KEYS]
 #
@@ -24,6 +31,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+need() { # a command or file the package provides, the Debian package
+  { command -v "$1" >/dev/null || [ -e "$1" ]; } && return
+  [ "$(id -u)" = 0 ] || { echo "needs $1: apt-get install $2" >&2; exit 2; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+}
+need redis-server redis-server
+need nats-server nats-server
+need go golang-go
+need /usr/share/gocode/src/github.com/nats-io/nats.go golang-github-nats-io-go-nats-dev
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cargo build --release -q --bin slipstream
@@ -67,6 +83,13 @@ for i in 1 2 3; do
   pids+=($!)
 done
 sleep 3
+# GOPATH mode, so the Go client comes from Debian's package and nothing is fetched.
+mkdir -p "$work/gopath/src/jetstream"
+cp bench/jetstream/main.go "$work/gopath/src/jetstream/"
+(cd "$work/gopath/src/jetstream" && GO111MODULE=off GOPATH="$work/gopath:/usr/share/gocode" \
+  GOCACHE="$work/gocache" go build -o "$work/jetstream" .)
+nats_go_rate=$("$work/jetstream" "nats://127.0.0.1:$n1" BENCHGO "$MESSAGES" "$SIZE")
+echo "$nats_go_rate publishes/s acknowledged by the stream (Go client)"
 nats_rate=$("$work/venv/bin/python" - "$n1" "$MESSAGES" "$SIZE" <<'PY'
 import asyncio, sys, time
 import nats
@@ -88,12 +111,12 @@ async def main(port, n, size):
 asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))
 PY
 )
-echo "$nats_rate publishes/s acknowledged by the stream"
+echo "$nats_rate publishes/s acknowledged by the stream (Python client)"
 
 echo
 printf "%-58s %12s %8s\n" "system ($MESSAGES writes of $SIZE bytes)" "writes/s" "slip/this"
 printf '%-58s %12s %8s\n' "Slipstream, applied on all 3 nodes, fsync, $KEYS keys" "$slip_rate" "1.00"
-for row in "Redis primary+2 replicas, pipelined, no persistence:$redis_plain" "Redis primary+2 replicas, pipelined, AOF everysec:$redis_aof" "NATS JetStream, 3 replicas, async publish (Python client):$nats_rate"; do
+for row in "Redis primary+2 replicas, pipelined, no persistence:$redis_plain" "Redis primary+2 replicas, pipelined, AOF everysec:$redis_aof" "NATS JetStream, 3 replicas, async publish (Go client):$nats_go_rate" "NATS JetStream, 3 replicas, async publish (Python client):$nats_rate"; do
   name=${row%:*}; rate=${row##*:}
   printf '%-58s %12s %8s\n' "$name" "$rate" "$(python3 -c "print(f'{$slip_rate/max($rate,1):.2f}')")"
 done
