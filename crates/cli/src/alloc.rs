@@ -14,10 +14,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// (mimalloc's own default is 1,000 ms). A node's frames and rows come and go by the
 /// megabyte: kept for a second, they made the origin of a 7-node mesh peak at 55–69 MiB after
 /// a peer's stall (median 60, 5 runs in 10 above 60), against 51–62 MiB at 100 ms (median 55,
-/// 1 in 10), for about 5 % fewer writes/s there and no difference beyond the noise at 3 nodes
-/// (BENCHMARKS.md). Giving memory
-/// back at once (0) took the peak lower still but cost 10–20 % more CPU. An operator's
-/// `MIMALLOC_PURGE_DELAY` overrides this.
+/// 1 in 10), for about 5 % fewer writes/s there and 1–2 % at 3 nodes (7 % in an earlier,
+/// slower spell; BENCHMARKS.md). Giving memory back at once (0) took the peak lower still but
+/// cost 10–20 % more CPU. An operator's `MIMALLOC_PURGE_DELAY` overrides this.
 pub const PURGE_DELAY_MS: c_long = 100;
 
 /// `mi_option_purge_delay` in mimalloc v3's `mimalloc.h` (the Rust bindings name no constant
