@@ -9,6 +9,7 @@
 //! third, and a checkpointer thread a fourth (`checkpointer.rs`).
 
 mod checkpointer;
+mod clock_mark;
 mod held;
 mod raw;
 mod schema;
@@ -306,6 +307,7 @@ impl Storage {
         let held_counts = held::HeldCounts::default();
         let mut held = held::Held::open(&conn, held_counts.clone())?;
         held.hold_for = opts.hold_for;
+        let clock = clock_mark::ClockMark::open(&conn)?;
         let reader = open_conn(&file)?;
         let monitor = open_conn(&file)?;
         // Counting walks index pages once; a small cache is enough.
@@ -322,6 +324,7 @@ impl Storage {
             held,
         );
         writer.defer_marks = opts.defer_marks;
+        writer.set_clock_mark(clock);
         let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), Pace::DEFAULT)
             .map_err(|e| StorageError::CreateDir {
                 path: file.clone(),
@@ -764,14 +767,11 @@ impl Storage {
         Ok(out.into_iter().collect())
     }
 
-    /// The greatest HLC stamp in the journal, so a restarted node's clock starts past it.
+    /// The greatest HLC stamp the journal has held, pruned rows included, so a restarted
+    /// node's clock starts past it. Reads the mark in `meta` and the journal rows recorded
+    /// after it, not the whole journal (see `clock_mark.rs`).
     pub async fn max_hlc(&self) -> Result<Option<Hlc>> {
-        self.read(|c| {
-            let max: Option<String> =
-                c.query_row("SELECT max(hlc) FROM messages", [], |r| r.get(0))?;
-            Ok(max.and_then(|h| h.parse().ok()))
-        })
-        .await
+        self.read(|c| Ok(clock_mark::journal_mark(c)?.max)).await
     }
 
     /// How many messages the journal holds.

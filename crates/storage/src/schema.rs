@@ -10,6 +10,9 @@ PRAGMA busy_timeout = 5000;
 ";
 
 pub const SCHEMA: &str = "
+-- instance_id; held_through (the journal id below which no write has a held delivery row,
+-- held.rs); hlc_through (the greatest HLC stamp recorded and the journal id it covers,
+-- clock_mark.rs).
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -395,6 +395,85 @@ async fn committed_writes_survive_reopening() {
     );
 }
 
+/// Adds a journal row behind the node's back, as a commit just before a crash would have
+/// left it: the writer had not stored its clock mark yet.
+fn add_journal_row(dir: &Path, id: &str, hlc: u64) {
+    let c = rusqlite::Connection::open(dir.join("slipstream.db")).unwrap();
+    c.execute(
+        "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
+         VALUES (?1, 'singleton', 'SK', 'a', ?2, '[\"a\"]', '{}', 0)",
+        rusqlite::params![id, Hlc::new(hlc, 0).to_text().as_str()],
+    )
+    .unwrap();
+}
+
+/// A restarted node's clock starts past the greatest stamp its journal ever held: the stamp
+/// is kept in `meta` (see `clock_mark.rs`), so it outlives its row's pruning, and the rows
+/// recorded after the stored mark are read too.
+#[tokio::test]
+async fn the_clock_starts_past_pruned_stamps_and_past_rows_recorded_after_its_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        for (id, hlc) in [("m1", 5), ("m2", 9), ("m3", 7)] {
+            s.record(rec(id, id, "v", hlc, "a", &[])).await.unwrap();
+        }
+        s.close().await;
+    }
+    // Opening reads the journal and stores its mark.
+    open(dir.path()).close().await;
+    {
+        let c = rusqlite::Connection::open(dir.path().join("slipstream.db")).unwrap();
+        c.execute("DELETE FROM messages WHERE message_id = 'm2'", [])
+            .unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(
+        s.max_hlc().await.unwrap(),
+        Some(Hlc::new(9, 0)),
+        "the pruned row's stamp"
+    );
+    s.close().await;
+    // Rows past the stored mark: a greater stamp counts, a lower one does not lower it.
+    add_journal_row(dir.path(), "m4", 6);
+    assert_eq!(
+        open(dir.path()).max_hlc().await.unwrap(),
+        Some(Hlc::new(9, 0))
+    );
+    add_journal_row(dir.path(), "m5", 11);
+    add_journal_row(dir.path(), "m6", 10);
+    let s = open(dir.path());
+    assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(11, 0)));
+}
+
+/// A database written before the clock mark existed opens with the greatest stamp of its
+/// whole journal, and stores the mark then.
+#[tokio::test]
+async fn a_journal_without_a_clock_mark_is_read_whole_once() {
+    let dir = tempfile::tempdir().unwrap();
+    open(dir.path()).close().await;
+    add_journal_row(dir.path(), "m1", 4);
+    add_journal_row(dir.path(), "m2", 8);
+    add_journal_row(dir.path(), "m3", 6);
+    {
+        let c = rusqlite::Connection::open(dir.path().join("slipstream.db")).unwrap();
+        c.execute("DELETE FROM meta WHERE key = 'hlc_through'", [])
+            .unwrap();
+    }
+    let s = open(dir.path());
+    assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(8, 0)));
+    s.close().await;
+    let c = rusqlite::Connection::open(dir.path().join("slipstream.db")).unwrap();
+    let mark: String = c
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'hlc_through'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(mark, format!("{} 3", Hlc::new(8, 0).to_text().as_str()));
+}
+
 #[tokio::test]
 async fn deletes_leave_tombstones_that_win_or_lose_by_version() {
     let dir = tempfile::tempdir().unwrap();

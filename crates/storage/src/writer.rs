@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use crate::clock_mark::ClockMark;
 use crate::held::{Held, Plan};
 use crate::raw::{Param, RawStatement};
 use crate::{
@@ -94,6 +95,11 @@ impl Writer {
             failures: 0,
             checkpointer: None,
         }
+    }
+
+    /// The greatest stamp the journal held when the writer started (see `clock_mark.rs`).
+    pub(crate) fn set_clock_mark(&mut self, mark: ClockMark) {
+        self.hot.clock = mark;
     }
 
     pub(crate) fn run(mut self) {
@@ -403,6 +409,12 @@ fn run_batch(
     if plan.sync_sequence {
         held.follow_sequence(tx)?;
     }
+    for (op, r) in ops.iter().zip(&results) {
+        if let (WriterOp::Record(rec, _), Ok(Done::Recorded(Recorded::New { .. }, msg))) = (op, r) {
+            hot.clock.recorded(rec.hlc, *msg);
+        }
+    }
+    hot.clock.store_if_due(tx)?;
     let new_msgs: Vec<i64> = results
         .iter()
         .filter_map(|r| match r {
@@ -614,6 +626,8 @@ struct Hot {
     /// that id. A write routed while the router still knew the key, but recorded after the
     /// rename, owes its row to the id (once, if the id is among its recipients too).
     renamed: foldhash::HashMap<String, String>,
+    /// The greatest stamp recorded, stored now and then (see `clock_mark.rs`).
+    clock: ClockMark,
 }
 
 /// `slot`'s statement, prepared on first use.
@@ -1252,6 +1266,48 @@ mod tests {
         w.held.watermark_every = std::time::Duration::ZERO;
         w.commit_batch(&mut vec![received("r4")]);
         assert_eq!(held_through(&w), 5);
+    }
+
+    fn received_at(id: &str, hlc: u64) -> WriterOp {
+        let mut op = received(id);
+        if let WriterOp::Record(rec, _) = &mut op {
+            rec.hlc = slipstream_protocol::Hlc::new(hlc, 0);
+        }
+        op
+    }
+
+    fn clock_mark(w: &Writer) -> Option<String> {
+        use rusqlite::OptionalExtension;
+        w.conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'hlc_through'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap()
+    }
+
+    /// The greatest stamp recorded and the newest journal id are stored with a commit once
+    /// `MARK_EVERY` has passed since they were last stored, not in every commit; a stamp lower
+    /// than one recorded before moves only the id.
+    #[test]
+    fn the_clock_mark_is_stored_with_a_commit_once_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        w.hot.clock.every = std::time::Duration::from_secs(3600);
+        w.commit_batch(&mut vec![received_at("r1", 7), received_at("r2", 9)]);
+        assert_eq!(clock_mark(&w), None, "not due yet");
+        w.hot.clock.every = std::time::Duration::ZERO;
+        w.commit_batch(&mut vec![received_at("r3", 8)]);
+        let nine = slipstream_protocol::Hlc::new(9, 0).to_text();
+        assert_eq!(clock_mark(&w), Some(format!("{} 3", nine.as_str())));
+        // A duplicate records no row and moves nothing.
+        w.commit_batch(&mut vec![received_at("r3", 8)]);
+        assert_eq!(clock_mark(&w), Some(format!("{} 3", nine.as_str())));
+        w.commit_batch(&mut vec![received_at("r4", 12)]);
+        let twelve = slipstream_protocol::Hlc::new(12, 0).to_text();
+        assert_eq!(clock_mark(&w), Some(format!("{} 4", twelve.as_str())));
     }
 
     fn rows(w: &Writer) -> Vec<String> {
