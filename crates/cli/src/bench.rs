@@ -47,6 +47,11 @@ pub struct BenchArgs {
     /// order ids and UUIDs would, so each write touches pages of its own.
     #[arg(long, value_enum, default_value_t = KeyOrder::Sequential)]
     keys: KeyOrder,
+    /// Order of the message ids alone, when it differs from the keys' (`--keys`): payment
+    /// keys come in random order, but message ids can be time-ordered (UUIDv7, ULID), which
+    /// append to the journal's dedup index instead of spreading over it.
+    #[arg(long = "ids", value_enum)]
+    id_order: Option<KeyOrder>,
     /// Most writes sent and not yet acknowledged.
     #[arg(long, default_value_t = 2_000)]
     window: usize,
@@ -88,7 +93,14 @@ pub struct BenchArgs {
     json: bool,
 }
 
-/// How the bench names its writes (`--keys`).
+impl BenchArgs {
+    /// The order of the message ids: `--ids`, or the keys' order.
+    fn ids(&self) -> KeyOrder {
+        self.id_order.unwrap_or(self.keys)
+    }
+}
+
+/// How the bench names its writes (`--keys`, `--ids`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, ValueEnum)]
 pub enum KeyOrder {
     Sequential,
@@ -437,13 +449,15 @@ fn pushed_indexes<'a>(
     })
 }
 
-/// A frame of bench writes, written directly (the values need no escaping).
+/// A frame of bench writes, written directly (the values need no escaping): keys in `order`,
+/// message ids in `id_order`.
 fn write_frame(
     prefix: &str,
     value: &str,
     ids: &str,
     range: std::ops::Range<usize>,
     order: KeyOrder,
+    id_order: KeyOrder,
 ) -> String {
     let mut frame = String::with_capacity(range.len() * (value.len() + prefix.len() + 90) + 2);
     frame.push('[');
@@ -458,7 +472,7 @@ fn write_frame(
         frame.push_str(value);
         frame.push_str(r#"","messageId":""#);
         frame.push_str(ids);
-        order.suffix(i, &mut frame);
+        id_order.suffix(i, &mut frame);
         frame.push_str(r#""}"#);
     }
     frame.push(']');
@@ -496,7 +510,7 @@ async fn warm_up(
     while next < args.warmup {
         let count = args.batch.max(1).min(args.warmup - next);
         sink.send(WsMessage::Text(
-            write_frame(keys, value, ids, next..next + count, args.keys).into(),
+            write_frame(keys, value, ids, next..next + count, args.keys, args.ids()).into(),
         ))
         .await?;
         let mut acked = 0;
@@ -768,7 +782,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             let due = start + Duration::from_secs_f64(next as f64 / args.rate as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        let frame = write_frame(&prefix, &value, &ids, next..next + count, args.keys);
+        let frame = write_frame(
+            &prefix,
+            &value,
+            &ids,
+            next..next + count,
+            args.keys,
+            args.ids(),
+        );
         let now = Instant::now();
         {
             let mut s = sent_at.lock().unwrap_or_else(|p| p.into_inner());
@@ -917,6 +938,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "messages": n,
         "valueSize": args.value_size,
         "keys": args.keys.to_possible_value().map(|v| v.get_name().to_owned()),
+        "ids": args.ids().to_possible_value().map(|v| v.get_name().to_owned()),
         "window": args.window,
         "batch": args.batch,
         "rate": args.rate,
@@ -943,7 +965,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         let l = &report["latencyMs"];
         println!(
-            "nodes {}  workers per node {}  writes {} of {} bytes, {} keys  window {}  batch {}  rate {}",
+            "nodes {}  workers per node {}  writes {} of {} bytes, {} keys, {} ids  window {}  batch {}  rate {}",
             urls.len(),
             if args.node_workers == 0 {
                 "default".to_owned()
@@ -953,6 +975,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             n,
             args.value_size,
             report["keys"].as_str().unwrap_or_default(),
+            report["ids"].as_str().unwrap_or_default(),
             args.window,
             args.batch,
             if args.rate == 0 {
@@ -1052,7 +1075,7 @@ mod tests {
     #[test]
     fn pushed_writes_are_found_by_key_and_written_frames_decode() {
         let seq = KeyOrder::Sequential;
-        let frame = write_frame("bench:7:", "xx", "b7-", 40..43, seq);
+        let frame = write_frame("bench:7:", "xx", "b7-", 40..43, seq, seq);
         let decoded = items(&frame);
         assert_eq!(decoded.len(), 3);
         assert_eq!(decoded[2].key(), Some("bench:7:42"));
@@ -1077,7 +1100,7 @@ mod tests {
     #[test]
     fn random_keys_are_out_of_order_and_give_back_their_index() {
         let random = KeyOrder::Random;
-        let frame = write_frame("bench:7:", "xx", "b7-", 0..1000, random);
+        let frame = write_frame("bench:7:", "xx", "b7-", 0..1000, random, random);
         let decoded = items(&frame);
         let keys: Vec<&str> = decoded.iter().filter_map(|m| m.key()).collect();
         assert_eq!(keys.len(), 1000);
@@ -1104,5 +1127,28 @@ mod tests {
             vec![UNSPREAD as usize]
         );
         assert_eq!(SPREAD.wrapping_mul(UNSPREAD), 1);
+    }
+
+    /// `--ids sequential` with random keys: the keys stay out of order and are still found,
+    /// the message ids count up.
+    #[test]
+    fn message_ids_can_be_ordered_apart_from_the_keys() {
+        let (random, seq) = (KeyOrder::Random, KeyOrder::Sequential);
+        let frame = write_frame("bench:7:", "xx", "b7-", 8..12, random, seq);
+        let decoded = items(&frame);
+        let ids: Vec<&str> = decoded
+            .iter()
+            .filter_map(|m| m.env.message_id.as_deref())
+            .collect();
+        assert_eq!(ids, ["b7-8", "b7-9", "b7-10", "b7-11"]);
+        let keys: Vec<&str> = decoded.iter().filter_map(|m| m.key()).collect();
+        assert!(
+            keys.iter().all(|k| k.len() == "bench:7:".len() + 16),
+            "{keys:?}"
+        );
+        assert_eq!(
+            pushed_indexes(&frame, "bench:7:", random).collect::<Vec<_>>(),
+            vec![8, 9, 10, 11]
+        );
     }
 }
