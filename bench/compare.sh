@@ -5,9 +5,11 @@
 # golang-github-nats-io-go-nats-dev (installed with apt-get when missing and run as root),
 # and python3 (it installs nats-py from PyPI into a temporary virtualenv).
 #
-# JetStream is driven twice: by the Go client's asynchronous publish (bench/jetstream, built
-# here from Debian's packages; the client the performance issue's JetStream figures were
-# measured with) and by the Python client (the earlier figures in BENCHMARKS.md). nats-server
+# JetStream is driven by the Go client's asynchronous publish (bench/jetstream, built here
+# from Debian's packages; the client the performance issue's JetStream figures were measured
+# with), once publishing only and once with an ordered consumer on every server (Slipstream's
+# bench has an app on every node, pushed every write), and by the Python client (the earlier
+# figures in BENCHMARKS.md). nats-server
 # 2.9 acknowledges a publish once a quorum of the stream's replicas holds it, and syncs its
 # files to disk once a minute, not per message; Slipstream syncs every write on every node.
 #
@@ -90,6 +92,10 @@ cp bench/jetstream/main.go "$work/gopath/src/jetstream/"
   GOCACHE="$work/gocache" go build -o "$work/jetstream" .)
 nats_go_rate=$("$work/jetstream" "nats://127.0.0.1:$n1" BENCHGO "$MESSAGES" "$SIZE")
 echo "$nats_go_rate publishes/s acknowledged by the stream (Go client)"
+# An ordered consumer on every server, as Slipstream's bench has an app on every node.
+nats_go_all=$("$work/jetstream" "nats://127.0.0.1:$n1" BENCHGOC "$MESSAGES" "$SIZE" \
+  "nats://127.0.0.1:$n1" "nats://127.0.0.1:$n2" "nats://127.0.0.1:$n3")
+echo "$nats_go_all messages/s received by a consumer on each of the 3 servers (Go client)"
 nats_rate=$("$work/venv/bin/python" - "$n1" "$MESSAGES" "$SIZE" <<'PY'
 import asyncio, sys, time
 import nats
@@ -116,7 +122,7 @@ echo "$nats_rate publishes/s acknowledged by the stream (Python client)"
 echo
 printf "%-58s %12s %8s\n" "system ($MESSAGES writes of $SIZE bytes)" "writes/s" "slip/this"
 printf '%-58s %12s %8s\n' "Slipstream, applied on all 3 nodes, fsync, $KEYS keys" "$slip_rate" "1.00"
-for row in "Redis primary+2 replicas, pipelined, no persistence:$redis_plain" "Redis primary+2 replicas, pipelined, AOF everysec:$redis_aof" "NATS JetStream, 3 replicas, async publish (Go client):$nats_go_rate" "NATS JetStream, 3 replicas, async publish (Python client):$nats_rate"; do
+for row in "Redis primary+2 replicas, pipelined, no persistence:$redis_plain" "Redis primary+2 replicas, pipelined, AOF everysec:$redis_aof" "NATS JetStream, 3 replicas, async publish (Go client):$nats_go_rate" "NATS JetStream, Go client, consumed on all 3 servers:$nats_go_all" "NATS JetStream, 3 replicas, async publish (Python client):$nats_rate"; do
   name=${row%:*}; rate=${row##*:}
   printf '%-58s %12s %8s\n' "$name" "$rate" "$(python3 -c "print(f'{$slip_rate/max($rate,1):.2f}')")"
 done
