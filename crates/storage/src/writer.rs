@@ -734,8 +734,13 @@ fn execute(
                  OR (expires_at IS NOT NULL AND expires_at < ?1)",
                 params![before],
             )?;
+            // The newest journal row stays, whatever its age: SQLite gives a new row the
+            // greatest id plus one, so an emptied journal would hand out ids again that the
+            // clock mark (`clock_mark.rs`) has counted past, and a start would not read the
+            // rows recorded under them just before a crash.
             Done::Count(c.execute(
                 "DELETE FROM messages WHERE received_at < ?1
+                 AND id < (SELECT max(id) FROM messages)
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)
                  AND NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.msg = messages.id)",
                 params![before],
