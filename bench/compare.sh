@@ -33,9 +33,12 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+apt_updated=
 need() { # a command or file the package provides, the Debian package
   { command -v "$1" >/dev/null || [ -e "$1" ]; } && return
   [ "$(id -u)" = 0 ] || { echo "needs $1: apt-get install $2" >&2; exit 2; }
+  # A fresh machine's package lists may be missing or stale.
+  [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
 }
 need redis-server redis-server
