@@ -36,7 +36,11 @@ pub(crate) struct Mark {
 /// The greatest stamp in the journal, from the stored mark and the rows past it; the mark it
 /// gives covers every row there is now.
 pub(crate) fn journal_mark(c: &Connection) -> Result<Mark> {
-    let stored = stored_mark(c)?;
+    with_rows_past(c, stored_mark(c)?)
+}
+
+/// `stored` moved past the journal rows recorded after the id it covers.
+fn with_rows_past(c: &Connection, stored: Mark) -> Result<Mark> {
     let (tail, newest): (Option<String>, Option<i64>) = c
         .prepare_cached("SELECT max(hlc), max(id) FROM messages WHERE id > ?1")?
         .query_row(params![stored.through], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -52,7 +56,8 @@ pub(crate) fn journal_mark(c: &Connection) -> Result<Mark> {
     })
 }
 
-fn stored_mark(c: &Connection) -> Result<Mark> {
+/// The mark in `meta`, or none (`Mark::default()`) before the first was stored.
+pub(crate) fn stored_mark(c: &Connection) -> Result<Mark> {
     let Some(text) = c
         .prepare_cached("SELECT value FROM meta WHERE key = 'hlc_through'")?
         .query_row([], |r| r.get::<_, String>(0))
@@ -109,8 +114,9 @@ impl ClockMark {
     /// Reads the journal's mark (see [`journal_mark`]) and stores it, so that the next start
     /// reads only the rows recorded after this one.
     pub(crate) fn open(c: &Connection) -> Result<ClockMark> {
-        let mark = journal_mark(c)?;
-        if mark != stored_mark(c)? {
+        let stored = stored_mark(c)?;
+        let mark = with_rows_past(c, stored)?;
+        if mark != stored {
             store(c, mark)?;
         }
         Ok(ClockMark {

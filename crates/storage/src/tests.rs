@@ -398,13 +398,18 @@ async fn committed_writes_survive_reopening() {
 /// Adds a journal row behind the node's back, as a commit just before a crash would have
 /// left it: the writer had not stored its clock mark yet.
 fn add_journal_row(dir: &Path, id: &str, hlc: u64) {
-    let c = rusqlite::Connection::open(dir.join("slipstream.db")).unwrap();
-    c.execute(
-        "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
-         VALUES (?1, 'singleton', 'SK', 'a', ?2, '[\"a\"]', '{}', 0)",
-        rusqlite::params![id, Hlc::new(hlc, 0).to_text().as_str()],
-    )
-    .unwrap();
+    behind_its_back(dir)
+        .execute(
+            "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
+             VALUES (?1, 'singleton', 'SK', 'a', ?2, '[\"a\"]', '{}', 0)",
+            rusqlite::params![id, Hlc::new(hlc, 0).to_text().as_str()],
+        )
+        .unwrap();
+}
+
+/// A connection of its own to a closed node's database, to change it behind the node's back.
+fn behind_its_back(dir: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(dir.join("slipstream.db")).unwrap()
 }
 
 /// A restarted node's clock starts past the greatest stamp its journal ever held: the stamp
@@ -422,11 +427,9 @@ async fn the_clock_starts_past_pruned_stamps_and_past_rows_recorded_after_its_ma
     }
     // Opening reads the journal and stores its mark.
     open(dir.path()).close().await;
-    {
-        let c = rusqlite::Connection::open(dir.path().join("slipstream.db")).unwrap();
-        c.execute("DELETE FROM messages WHERE message_id = 'm2'", [])
-            .unwrap();
-    }
+    behind_its_back(dir.path())
+        .execute("DELETE FROM messages WHERE message_id = 'm2'", [])
+        .unwrap();
     let s = open(dir.path());
     assert_eq!(
         s.max_hlc().await.unwrap(),
@@ -479,23 +482,20 @@ async fn a_journal_without_a_clock_mark_is_read_whole_once() {
     add_journal_row(dir.path(), "m1", 4);
     add_journal_row(dir.path(), "m2", 8);
     add_journal_row(dir.path(), "m3", 6);
-    {
-        let c = rusqlite::Connection::open(dir.path().join("slipstream.db")).unwrap();
-        c.execute("DELETE FROM meta WHERE key = 'hlc_through'", [])
-            .unwrap();
-    }
+    behind_its_back(dir.path())
+        .execute("DELETE FROM meta WHERE key = 'hlc_through'", [])
+        .unwrap();
     let s = open(dir.path());
     assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(8, 0)));
     s.close().await;
-    let c = rusqlite::Connection::open(dir.path().join("slipstream.db")).unwrap();
-    let mark: String = c
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'hlc_through'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(mark, format!("{} 3", Hlc::new(8, 0).to_text().as_str()));
+    let mark = clock_mark::stored_mark(&behind_its_back(dir.path())).unwrap();
+    assert_eq!(
+        mark,
+        clock_mark::Mark {
+            max: Some(Hlc::new(8, 0)),
+            through: 3
+        }
+    );
 }
 
 #[tokio::test]

@@ -1281,16 +1281,15 @@ mod tests {
         op
     }
 
-    fn clock_mark(w: &Writer) -> Option<String> {
-        use rusqlite::OptionalExtension;
-        w.conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'hlc_through'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .unwrap()
+    fn clock_mark(w: &Writer) -> crate::clock_mark::Mark {
+        crate::clock_mark::stored_mark(&w.conn).unwrap()
+    }
+
+    fn mark(max: u64, through: i64) -> crate::clock_mark::Mark {
+        crate::clock_mark::Mark {
+            max: Some(slipstream_protocol::Hlc::new(max, 0)),
+            through,
+        }
     }
 
     /// The greatest stamp recorded and the newest journal id are stored with a commit once
@@ -1302,17 +1301,15 @@ mod tests {
         let mut w = test_writer(dir.path());
         w.hot.clock.every = std::time::Duration::from_secs(3600);
         w.commit_batch(&mut vec![received_at("r1", 7), received_at("r2", 9)]);
-        assert_eq!(clock_mark(&w), None, "not due yet");
+        assert_eq!(clock_mark(&w), Default::default(), "not due yet");
         w.hot.clock.every = std::time::Duration::ZERO;
         w.commit_batch(&mut vec![received_at("r3", 8)]);
-        let nine = slipstream_protocol::Hlc::new(9, 0).to_text();
-        assert_eq!(clock_mark(&w), Some(format!("{} 3", nine.as_str())));
+        assert_eq!(clock_mark(&w), mark(9, 3));
         // A duplicate records no row and moves nothing.
         w.commit_batch(&mut vec![received_at("r3", 8)]);
-        assert_eq!(clock_mark(&w), Some(format!("{} 3", nine.as_str())));
+        assert_eq!(clock_mark(&w), mark(9, 3));
         w.commit_batch(&mut vec![received_at("r4", 12)]);
-        let twelve = slipstream_protocol::Hlc::new(12, 0).to_text();
-        assert_eq!(clock_mark(&w), Some(format!("{} 4", twelve.as_str())));
+        assert_eq!(clock_mark(&w), mark(12, 4));
     }
 
     fn rows(w: &Writer) -> Vec<String> {
