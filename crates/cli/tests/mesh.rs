@@ -688,9 +688,12 @@ async fn an_app_that_does_not_read_its_pushes_is_cut_off_before_they_fill_memory
     // over 30 MiB of it), far fewer writes than the 16,384 an app may otherwise fall behind on.
     let all = large_writes("push", 3200);
     publish_by_16(&mut app, &all).await;
+    // Without the bound the node peaks at 190–195 MiB, about all that was pushed to the idle
+    // app; with it, 70–94 MiB on the machines measured so far (the publishing app's frames in
+    // flight and its own pushes are the rest, and their share depends on the machine's speed).
     let peak = peak_rss_mib(&a).await;
     assert!(
-        peak < 90.0,
+        peak < 140.0,
         "the node held the idle app's pushes: peak RSS {peak} MiB"
     );
     a.wait_for_log("local app too slow for pushed writes").await;
