@@ -750,7 +750,7 @@ async fn apps_behind_on_their_pushes_share_one_copy_of_them() {
 /// per connection. Another process holds the node's database locked for writing, so nothing
 /// commits meanwhile (the node waits up to its 5 s busy timeout), while eight apps send 12 MiB
 /// of writes each without waiting for their ACKs: every connection pauses reading once the
-/// node holds 16 MiB of such frames (each alone may hold 8 MiB). A peer is still read
+/// node holds 8 MiB of such frames (as much as each alone may hold). A peer is still read
 /// meanwhile (it carries the ACKs of this node's deliveries). Once the lock goes, every write
 /// is recorded and acknowledged. (The writes are for another cloud's tags, so nothing is
 /// applied or pushed here, and no peer is owed them: what the node holds is what it read.)

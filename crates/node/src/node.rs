@@ -38,13 +38,16 @@ pub const PUSH_BACKLOG: usize = 16 * 1024;
 /// connection pauses reading (peer connections count toward it but go on: see `serve`). Each
 /// connection has its own bounds too, but many connections at those bounds could hold far
 /// more than a node should: eight of them, 65,536 writes or 64 MiB of frames, and about three
-/// times that in memory. Twice one connection's bound, so a single busy connection never
-/// meets it.
-pub const NODE_PENDING_WRITES: usize = 16 * 1024;
-/// Bytes of the frames those writes came in, from all connections together (twice one
-/// connection's bound). A pending write holds about three times its frame's bytes (the frame
-/// decoded, the form it is recorded and forwarded in, the value to apply).
-pub const NODE_PENDING_BYTES: usize = 16 << 20;
+/// times that in memory. As much as one connection's bound: eight apps with 2,000 writes in
+/// flight each stayed under twice that, and took the node to 64–68 MiB; at this bound, to
+/// 54–56 MiB, for about 2.5 % fewer writes/s (BENCHMARKS.md, 2026-12-05). One connection at
+/// its own bound fills the node's too, and the other apps then wait with it, as their writes
+/// would wait behind its writes for the writer anyway.
+pub const NODE_PENDING_WRITES: usize = 8 * 1024;
+/// Bytes of the frames those writes came in, from all connections together (one connection's
+/// bound). A pending write holds about three times its frame's bytes (the frame decoded, the
+/// form it is recorded and forwarded in, the value to apply).
+pub const NODE_PENDING_BYTES: usize = 8 << 20;
 
 /// What every connection's writes waiting for their commit take together, and the wake-up of
 /// the connections that paused reading because it was full.

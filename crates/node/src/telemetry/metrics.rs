@@ -161,7 +161,7 @@ impl Metrics {
             ),
             ingest_pauses: counter(
                 "slipstream_ingest_pauses_total",
-                "Times an app connection stopped reading because the node's writes waiting for their commit, over all connections, reached 16,384 or 16 MiB of frames",
+                "Times an app connection stopped reading because the node's writes waiting for their commit, over all connections, reached 8,192 or 8 MiB of frames",
             ),
             bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
             wal_frames: IntGauge::new(
