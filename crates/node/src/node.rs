@@ -43,11 +43,11 @@ pub const PUSH_BACKLOG: usize = 16 * 1024;
 /// 54–56 MiB, for about 2.5 % fewer writes/s (BENCHMARKS.md, 2026-12-05). One connection at
 /// its own bound fills the node's too, and the other apps then wait with it, as their writes
 /// would wait behind its writes for the writer anyway.
-pub const NODE_PENDING_WRITES: usize = 8 * 1024;
+pub const NODE_PENDING_WRITES: usize = crate::net::connection::MAX_PENDING_COMMITS;
 /// Bytes of the frames those writes came in, from all connections together (one connection's
 /// bound). A pending write holds about three times its frame's bytes (the frame decoded, the
 /// form it is recorded and forwarded in, the value to apply).
-pub const NODE_PENDING_BYTES: usize = 8 << 20;
+pub const NODE_PENDING_BYTES: usize = crate::net::connection::MAX_PENDING_BYTES;
 
 /// What every connection's writes waiting for their commit take together, and the wake-up of
 /// the connections that paused reading because it was full.

@@ -27,11 +27,11 @@ use crate::requests::ReplySink;
 use crate::telemetry;
 
 /// Most writes from one connection waiting for their commit; past it, reading pauses.
-const MAX_PENDING_COMMITS: usize = 8192;
+pub(crate) const MAX_PENDING_COMMITS: usize = 8192;
 /// Most bytes of frames whose writes wait for their commit; past it, reading pauses too. The
 /// count above bounds writes, this their size: with an app keeping 2,000 writes of 48 KiB in
 /// flight, a node peaked at about 300 MiB without it. Small writes never reach it.
-const MAX_PENDING_BYTES: usize = 8 << 20;
+pub(crate) const MAX_PENDING_BYTES: usize = 8 << 20;
 /// Frames queued for the writer task of one connection, on top of what the socket buffers.
 const OUT_QUEUE: usize = 256;
 /// Frames waiting here for room in that queue past which this connection stops taking pushes

@@ -161,7 +161,11 @@ impl Metrics {
             ),
             ingest_pauses: counter(
                 "slipstream_ingest_pauses_total",
-                "Times an app connection stopped reading because the node's writes waiting for their commit, over all connections, reached 8,192 or 8 MiB of frames",
+                &format!(
+                    "Times an app connection stopped reading because the node's writes waiting for their commit, over all connections, reached {} writes or {} MiB of frames",
+                    crate::node::NODE_PENDING_WRITES,
+                    crate::node::NODE_PENDING_BYTES >> 20
+                ),
             ),
             bytes_sent: counter("slipstream_bytes_sent_total", "Bytes of message frames sent to peers"),
             wal_frames: IntGauge::new(
