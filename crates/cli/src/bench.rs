@@ -33,7 +33,8 @@ pub struct BenchArgs {
     /// gives each node's CPU and peak RSS (from its /status), its commits and the traffic
     /// between nodes (from its /metrics), and the warm-up waits until every node holds its
     /// writes. A running node's peak RSS is its peak since it started, which may predate the
-    /// run.
+    /// run, and nodes sharing one process (`slipstream dev`) each report that process's CPU
+    /// and memory. Without it the traffic between nodes is reported as not known.
     #[arg(long, value_name = "HOST:PORT")]
     target_http: Vec<String>,
     /// Writes to send.
@@ -347,33 +348,48 @@ async fn status_usage(http: &str) -> (f64, f64) {
     (figure("cpuSeconds"), figure("peakRssMiB"))
 }
 
-/// Frames, bytes and messages the nodes have sent to each other so far.
-async fn sent_totals(https: &[Option<String>]) -> (f64, f64, f64) {
+/// Frames, bytes and messages the nodes have sent each other so far, from their metrics;
+/// `None` unless every node's metrics were read: with a node left out (a running node
+/// without --target-http, or one that did not answer) the figures per write would come out
+/// smaller than they are, not unknown.
+async fn sent_totals(https: &[Option<String>]) -> Option<(f64, f64, f64)> {
     let (mut frames, mut bytes, mut sends) = (0.0, 0.0, 0.0);
-    for h in https.iter().flatten() {
-        frames += metric_sum(h, "slipstream_frames_sent_total").await;
-        bytes += metric_sum(h, "slipstream_bytes_sent_total").await;
-        sends += metric_sum(h, "slipstream_messages_sent_total").await;
+    for h in https {
+        let text = metrics_text(h.as_deref()?).await?;
+        frames += metric_sum(&text, "slipstream_frames_sent_total");
+        bytes += metric_sum(&text, "slipstream_bytes_sent_total");
+        sends += metric_sum(&text, "slipstream_messages_sent_total");
     }
-    (frames, bytes, sends)
+    Some((frames, bytes, sends))
 }
 
-async fn metric_sum(http: &str, name: &str) -> f64 {
-    let Ok((200, text)) = client::request(http, "GET", "/metrics", None, None).await else {
-        return 0.0;
-    };
+/// A node's `/metrics` page, or `None` if it did not answer with one.
+async fn metrics_text(http: &str) -> Option<String> {
+    match client::request(http, "GET", "/metrics", None, None).await {
+        Ok((200, text)) => Some(text),
+        _ => None,
+    }
+}
+
+/// The sum of the samples of metric `name` (over all its labels) in a Prometheus text page.
+fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
 
 /// A node's commits so far and the storage operations they carried, from its metrics.
-async fn commit_totals(http: &str) -> (f64, f64) {
-    (
-        metric_sum(http, "slipstream_commit_batch_size_count").await,
-        metric_sum(http, "slipstream_commit_batch_size_sum").await,
-    )
+async fn commit_totals(http: &str) -> Option<(f64, f64)> {
+    let text = metrics_text(http).await?;
+    Some((
+        metric_sum(&text, "slipstream_commit_batch_size_count"),
+        metric_sum(&text, "slipstream_commit_batch_size_sum"),
+    ))
 }
 
 /// One node's line of the report. Commits (since `before`, from its metrics) show group
@@ -386,16 +402,18 @@ async fn node_report(
     rss: f64,
     applied: Option<&usize>,
 ) -> Value {
-    let (commits, ops) = commit_totals(http).await;
-    let (commits, ops) = before.map_or((commits, ops), |b| (commits - b.0, ops - b.1));
-    json!({
+    let mut report = json!({
         "node": i + 1,
         "cpuSeconds": cpu,
         "peakRssMiB": rss,
         "applied": applied,
-        "commits": commits,
-        "opsPerCommit": if commits > 0.0 { ops / commits } else { 0.0 },
-    })
+    });
+    if let (Some((commits, ops)), Some(before)) = (commit_totals(http).await, before) {
+        let (commits, ops) = (commits - before.0, ops - before.1);
+        report["commits"] = json!(commits);
+        report["opsPerCommit"] = json!(if commits > 0.0 { ops / commits } else { 0.0 });
+    }
+    report
 }
 
 type Ws =
@@ -707,7 +725,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let sent_before = sent_totals(&https).await;
     let mut commits_before: HashMap<String, (f64, f64)> = HashMap::new();
     for h in https.iter().flatten() {
-        commits_before.insert(h.clone(), commit_totals(h).await);
+        if let Some(totals) = commit_totals(h).await {
+            commits_before.insert(h.clone(), totals);
+        }
     }
     let client_before = proc_usage(std::process::id()).map_or(f64::NAN, |u| u.0);
     let before_cpu: HashMap<u32, f64> = local
@@ -862,9 +882,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         l.sort_by(by_rank);
     }
     let applied_secs = last_applied.duration_since(start).as_secs_f64();
-    let (frames, bytes, sends) = {
-        let (f, b, m) = sent_totals(&https).await;
-        (f - sent_before.0, b - sent_before.1, m - sent_before.2)
+    // Per write; `None` when some node's metrics are not known (see `sent_totals`).
+    let traffic = match (sent_before, sent_totals(&https).await) {
+        (Some(b), Some(a)) => Some((
+            (a.0 - b.0) / n as f64,
+            (a.1 - b.1) / n as f64,
+            (a.2 - b.2) / n as f64,
+        )),
+        _ => None,
     };
     // Catch-up: the killed node starts again on its data and fetches what it missed.
     let catch_up = if args.catch_up {
@@ -942,7 +967,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         "window": args.window,
         "batch": args.batch,
         "rate": args.rate,
-        "nodeWorkers": args.node_workers,
+        // Running nodes run with the workers they were started with.
+        "nodeWorkers": if local.is_empty() { Value::Null } else { json!(args.node_workers) },
         "warmup": if args.catch_up { 0 } else { args.warmup },
         "acked": acked,
         "ackedPerSecond": n as f64 / acked_secs,
@@ -951,9 +977,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             "p50": percentile(&latencies, 0.50), "p99": percentile(&latencies, 0.99),
             "p999": percentile(&latencies, 0.999), "max": latencies.last().copied().unwrap_or(f64::NAN),
         },
-        "framesPerWrite": frames / n as f64,
-        "messagesSentPerWrite": sends / n as f64,
-        "bytesPerWrite": bytes / n as f64,
+        "framesPerWrite": traffic.map(|t| t.0),
+        "messagesSentPerWrite": traffic.map(|t| t.2),
+        "bytesPerWrite": traffic.map(|t| t.1),
         "perNode": nodes,
         "clientCpuSeconds": client_cpu,
         "catchUp": catch_up,
@@ -967,10 +993,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
         println!(
             "nodes {}  workers per node {}  writes {} of {} bytes, {} keys, {} ids  window {}  batch {}  rate {}",
             urls.len(),
-            if args.node_workers == 0 {
-                "default".to_owned()
-            } else {
-                args.node_workers.to_string()
+            match report["nodeWorkers"].as_u64() {
+                None => "as started".to_owned(),
+                Some(0) => "default".to_owned(),
+                Some(w) => w.to_string(),
             },
             n,
             args.value_size,
@@ -999,12 +1025,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
             l["p999"].as_f64().unwrap_or(f64::NAN),
             l["max"].as_f64().unwrap_or(f64::NAN)
         );
-        println!(
-            "sent between nodes per write: {:.2} messages in {:.3} frames, {:.0} bytes",
-            report["messagesSentPerWrite"].as_f64().unwrap_or(0.0),
-            report["framesPerWrite"].as_f64().unwrap_or(0.0),
-            report["bytesPerWrite"].as_f64().unwrap_or(0.0)
-        );
+        match traffic {
+            Some((frames, bytes, sends)) => println!(
+                "sent between nodes per write: {sends:.2} messages in {frames:.3} frames, {bytes:.0} bytes"
+            ),
+            None => println!(
+                "sent between nodes per write: not known (every node's metrics are needed: --target-http for each --target)"
+            ),
+        }
         for node in &nodes {
             let mut line = format!("node {}:", node["node"]);
             let l = &node["appliedLatencyMs"];
@@ -1062,6 +1090,20 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_metric_is_summed_over_its_labels_and_not_confused_with_a_longer_name() {
+        let page = "# HELP slipstream_frames_sent_total Frames\n\
+            # TYPE slipstream_frames_sent_total counter\n\
+            slipstream_frames_sent_total{peer=\"a\"} 3\n\
+            slipstream_frames_sent_total{peer=\"b\"} 4.5\n\
+            slipstream_frames_sent_total_extra 100\n\
+            slipstream_commit_batch_size_sum 7\n\
+            slipstream_commit_batch_size_count 2\n";
+        assert_eq!(metric_sum(page, "slipstream_frames_sent_total"), 7.5);
+        assert_eq!(metric_sum(page, "slipstream_commit_batch_size_count"), 2.0);
+        assert_eq!(metric_sum(page, "slipstream_bytes_sent_total"), 0.0);
+    }
 
     #[test]
     fn percentiles_pick_the_right_rank() {

@@ -149,6 +149,30 @@ async fn a_run_against_running_nodes_reads_their_figures_from_their_status_and_m
         assert!(number(&n["peakRssMiB"], "rss") > 1.0, "{n}");
         assert!(number(&n["commits"], "commits") >= 1.0, "{n}");
     }
+    assert_eq!(
+        r["nodeWorkers"],
+        Value::Null,
+        "running nodes keep their own: {r}"
+    );
+
+    // Without their HTTP addresses, what only their status and metrics tell is reported as
+    // not known, not as zero.
+    let args = ["--target", &a.ws_url(), "--target", &b.ws_url()].map(str::to_owned);
+    let (code, r, stderr) = tokio::task::spawn_blocking(move || {
+        bench(&[&args[..], &["--messages".into(), "500".into()]].concat())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{stderr}\n{r}");
+    assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
+    for field in ["messagesSentPerWrite", "framesPerWrite", "bytesPerWrite"] {
+        assert_eq!(r[field], Value::Null, "{field}: {r}");
+    }
+    for n in r["perNode"].as_array().unwrap() {
+        assert_eq!(n["applied"], 500, "{n}");
+        assert_eq!(n["cpuSeconds"], Value::Null, "{n}");
+        assert_eq!(n["commits"], Value::Null, "{n}");
+    }
 }
 
 #[test]
