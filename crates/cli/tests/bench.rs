@@ -105,6 +105,28 @@ fn a_stall_run_freezes_the_last_node_and_reports_how_far_behind_it_fell() {
     }
 }
 
+#[test]
+fn a_catch_up_run_restarts_the_last_node_and_times_it_until_it_holds_every_write() {
+    let (code, r, stderr) = bench(&["--nodes", "3", "--messages", "3000", "--catch-up"]);
+    assert_eq!(code, Some(0), "{stderr}\n{r}");
+    assert_eq!(
+        r["nodes"], 3,
+        "the mesh, the node that was down included: {r}"
+    );
+    let c = &r["catchUp"];
+    assert_eq!(c["writes"], 3000, "{r}");
+    assert!(number(&c["writesPerSecond"], "catch-up rate") > 0.0, "{r}");
+    assert!(
+        number(&c["returningNodeCpuSeconds"], "its cpu") > 0.0,
+        "{r}"
+    );
+    // The writes' own figures end before the restart: the node that was down has none.
+    let nodes = r["perNode"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{r}");
+    assert_eq!(nodes[2]["cpuSeconds"], Value::Null, "{r}");
+    assert!(number(&nodes[0]["cpuSeconds"], "origin cpu") > 0.0, "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_against_running_nodes_reads_their_figures_from_their_status_and_metrics() {
     let a = TestNode::start(BIN, NodeOptions::default()).unwrap();
