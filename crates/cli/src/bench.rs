@@ -849,11 +849,13 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let acked_secs = last_ack.duration_since(start).as_secs_f64();
     let mut complete = true;
     let mut seen_per_node = Vec::new();
-    for w in watchers {
+    for (i, w) in watchers.into_iter().enumerate() {
+        // A watcher that gave up or timed out still counted what it saw.
+        let counted = || applied_count[i].load(Ordering::Relaxed);
         let seen = tokio::time::timeout(Duration::from_secs(120), w)
             .await
-            .map(|r| r.unwrap_or(0))
-            .unwrap_or(0);
+            .map(|r| r.unwrap_or_else(|_| counted()))
+            .unwrap_or_else(|_| counted());
         complete &= seen == n;
         seen_per_node.push(seen);
     }
