@@ -72,8 +72,20 @@ impl TestNode {
             http_addr: "127.0.0.1:0".parse()?,
             id: String::new(),
         };
-        node.spawn()?;
-        Ok(node)
+        // Ports a restart can have again (see `restartable_port`). Another test may take the
+        // same one between the check and the node's bind: then other ports are tried.
+        let mut tries = 0;
+        loop {
+            node.ws_addr.set_port(restartable_port()?);
+            node.http_addr.set_port(restartable_port()?);
+            match node.spawn() {
+                Err(e) if tries < 5 && e.to_string().contains("Address already in use") => {
+                    tries += 1;
+                    node.logs.lock().unwrap().clear();
+                }
+                r => return r.map(|()| node),
+            }
+        }
     }
 
     fn spawn(&mut self) -> Result<()> {
@@ -117,13 +129,16 @@ impl TestNode {
             }
         });
         let logs = self.logs.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
                 logs.lock().unwrap().push(format!("stderr: {line}"));
             }
         });
         let listening = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+            // Its last words (why it did not start) are read before they are reported.
             let _ = child.kill();
+            let _ = child.wait();
+            let _ = stderr_reader.join();
             anyhow!(
                 "node did not start; its output:\n{}",
                 self.logs.lock().unwrap().join("\n")
@@ -548,6 +563,34 @@ pub fn ack_ids(ack: &Value) -> Vec<String> {
     ids
 }
 
+/// A free loopback port below the kernel's range of ephemeral ports
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), for a process that is killed and started again
+/// on the same port. A port found by binding port 0 comes from that range, and while its
+/// process is down, any connection opened on the machine may be given it as its local port;
+/// the restart then fails with "address already in use" (it happened to a test's node). Falls
+/// back to such a port where the range leaves no room below it.
+pub fn restartable_port() -> Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let from = 10_000u16;
+    if low > from + 1_000 {
+        for attempt in 0..200u32 {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(attempt);
+            let port = from + (h.finish() % u64::from(low - from)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A real `redis-server` on a free loopback port, in a temp dir, with an append-only file
 /// synced on every write (so a SIGKILL loses nothing Redis acknowledged). Killed on drop.
 pub struct RedisServer {
@@ -560,10 +603,9 @@ impl RedisServer {
     pub fn start() -> Result<RedisServer> {
         let mut last = None;
         for _ in 0..5 {
-            // Reserve a free port, release it, and hand it to Redis (which cannot pick port 0).
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?
-                .local_addr()?
-                .port();
+            // A free port, released and handed to Redis (which cannot pick port 0); one that a
+            // restart can have again.
+            let port = restartable_port()?;
             let mut server = RedisServer {
                 dir: tempfile::Builder::new()
                     .prefix("slipstream-redis-")
@@ -840,5 +882,30 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.cut();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port the kernel might give an outgoing connection could be taken while its node is
+    /// down; these cannot be.
+    #[test]
+    fn restartable_ports_lie_below_the_ephemeral_range_and_are_free() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(
+            low > 11_000,
+            "this machine leaves no room below its range: {range}"
+        );
+        let mut seen = HashSet::new();
+        for _ in 0..20 {
+            let port = restartable_port().unwrap();
+            assert!((10_000..low).contains(&port), "{port} against {range}");
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+            seen.insert(port);
+        }
+        assert!(seen.len() > 10, "picked at random: {seen:?}");
     }
 }
