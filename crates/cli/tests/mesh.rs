@@ -920,6 +920,50 @@ async fn local_apps_are_pushed_writes_applied_on_their_node() {
     assert_eq!(b.http("GET", "/ready", None).await.unwrap().0, 200);
 }
 
+/// One connection's writes commit in the order it sent them, and apps are pushed them in that
+/// order, however the commits fall: here frames follow each other without waiting for their
+/// ACKs, so the node reads later writes while earlier ones commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_come_in_the_order_the_writes_were_committed() {
+    let a = start(NodeOptions::default());
+    let mut watcher = WsClient::app(&a.ws_url()).await.unwrap();
+    // The HELLO exchange is done once the node answers this read.
+    watcher
+        .send(&json!({"type": "GK", "key": "nothing", "messageId": "r0"}))
+        .await
+        .unwrap();
+    watcher
+        .recv_until(LONG, |v| v["type"] == "RES")
+        .await
+        .unwrap();
+    let mut writer = WsClient::app(&a.ws_url()).await.unwrap();
+    let (frames, per_frame) = (40, 50);
+    let filler = "v".repeat(2048);
+    for f in 0..frames {
+        let frame: Vec<Value> = (0..per_frame)
+            .map(|i| {
+                let n = f * per_frame + i;
+                json!({"type": "SK", "key": format!("ordered:{n}"), "value": filler, "messageId": format!("ordered-{n}")})
+            })
+            .collect();
+        writer.send(&Value::Array(frame)).await.unwrap();
+    }
+    let mut order = Vec::new();
+    while order.len() < frames * per_frame {
+        let pushed = watcher
+            .recv_until(LONG, |v| v["type"] == "SK")
+            .await
+            .unwrap();
+        let key = pushed["key"].as_str().unwrap();
+        order.push(key["ordered:".len()..].parse::<usize>().unwrap());
+    }
+    let out_of_order: Vec<_> = order.windows(2).filter(|w| w[0] > w[1]).collect();
+    assert!(
+        out_of_order.is_empty(),
+        "pushed out of order: {out_of_order:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_publish_records_before_answering_and_rejects_bad_input() {
     let a = start(NodeOptions::default());

@@ -666,7 +666,6 @@ impl Node {
         let applied_now = record.apply.is_some() && !queued;
         let has_apply = record.apply.is_some();
         let hlc = record.hlc;
-        let push = record.body.clone();
         let committed: oneshot::Receiver<_> = match self.storage.submit(record).await {
             Ok(rx) => rx,
             Err(e) => {
@@ -678,7 +677,7 @@ impl Node {
             }
         };
         let node = self.clone();
-        // The effects after the commit (seen, pushes, waking deliveries, answers) run in the
+        // The effects after the commit (seen, waking deliveries, answers) run in the
         // returned future, on the task that waits for the ACK: a spawned task per write cost
         // the origin about a third of its CPU (BENCHMARKS.md). Whoever holds the future must drive it to the end even
         // once the answer no longer matters (a connection that closes hands its unfinished
@@ -713,9 +712,8 @@ impl Node {
                         &message_id,
                         applied_now.then_some(hlc),
                     );
-                    if changed {
-                        node.push(push);
-                    }
+                    // A write that changed the store was pushed to local apps by the
+                    // writer's hook, in commit order.
                     if queued && has_apply {
                         node.apply_wake.notify_one();
                     }
@@ -830,8 +828,10 @@ impl Node {
         }
     }
 
-    /// Pushes a write that changed the store to the connected local apps.
-    fn push(&self, body: Arc<str>) {
+    /// Pushes a write that changed the store to the connected local apps. Writes applied in
+    /// the commit push from the writer's hook, in commit order (see `runtime::start`); writes
+    /// applied to Redis push from the applier, in apply order.
+    pub(crate) fn push(&self, body: Arc<str>) {
         if self.clients.receiver_count() > 0 {
             self.pushed_bytes
                 .fetch_add(body.len() as u64, Ordering::Relaxed);

@@ -54,11 +54,23 @@ pub async fn start(cfg: Config) -> Result<RunningNode, StartError> {
     // (there are no delivery tasks yet) are found in the outbox.
     let live_to: Arc<OnceLock<Weak<Node>>> = Arc::new(OnceLock::new());
     let writer_live_to = live_to.clone();
+    let changed_to = live_to.clone();
     let opts = StorageOptions {
         on_commit: Some(Arc::new(move |ops| batch.observe(ops as f64))),
         on_deliveries: Some(Arc::new(move |rows| {
             if let Some(node) = writer_live_to.get().and_then(Weak::upgrade) {
                 hand_live_rows(&node, rows);
+            }
+        })),
+        // Pushed to local apps from the writer thread right after each commit, so they go in
+        // the order the writes were committed. Pushed from each write's own effects, they
+        // went in the order those futures happened to be polled, which a connection reading
+        // new frames while earlier ones commit mixes up (a test saw 164 before 161).
+        on_changed: Some(Arc::new(move |bodies| {
+            if let Some(node) = changed_to.get().and_then(Weak::upgrade) {
+                for body in bodies {
+                    node.push(body);
+                }
             }
         })),
         hold_for: cfg.hold_delivery,

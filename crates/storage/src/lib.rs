@@ -205,6 +205,10 @@ pub type CommitObserver = Arc<dyn Fn(usize) + Send + Sync>;
 /// seq order, so they can be sent without being read back from the database.
 pub type DeliveryObserver = Arc<dyn Fn(Vec<(String, Vec<Outgoing>)>) + Send + Sync>;
 
+/// Called after each commit with the encoded writes that changed the store, in the order they
+/// were committed (for the pushes to local apps).
+pub type ChangeObserver = Arc<dyn Fn(Vec<Arc<str>>) + Send + Sync>;
+
 /// Tuning for the writer.
 #[derive(Clone)]
 pub struct StorageOptions {
@@ -212,6 +216,8 @@ pub struct StorageOptions {
     pub on_commit: Option<CommitObserver>,
     /// Handed the delivery rows of every commit.
     pub on_deliveries: Option<DeliveryObserver>,
+    /// Handed the writes of every commit that changed the store.
+    pub on_changed: Option<ChangeObserver>,
     /// Most operations grouped into one transaction.
     pub max_batch: usize,
     /// Capacity of the writer's queue; callers wait when it is full (backpressure).
@@ -229,6 +235,7 @@ impl Default for StorageOptions {
         StorageOptions {
             on_commit: None,
             on_deliveries: None,
+            on_changed: None,
             max_batch: 1024,
             queue: 16 * 1024,
             defer_marks: DEFER_MARKS,
@@ -324,6 +331,7 @@ impl Storage {
             held,
         );
         writer.defer_marks = opts.defer_marks;
+        writer.on_changed = opts.on_changed.clone();
         writer.set_clock_mark(clock);
         let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), Pace::DEFAULT)
             .map_err(|e| StorageError::CreateDir {

@@ -951,3 +951,43 @@ async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
         ["old", "new"]
     );
 }
+
+/// The writes that changed the store are handed over after their commit, in the order they
+/// were committed, and only those: not a duplicate, not a write that lost to a newer version,
+/// not one with nothing to apply here.
+#[tokio::test]
+async fn the_writes_that_changed_the_store_are_handed_over_in_commit_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let observe = seen.clone();
+    let opts = StorageOptions {
+        on_changed: Some(Arc::new(move |bodies| {
+            let mut seen = observe.lock().unwrap();
+            seen.extend(bodies.iter().map(|b| b.to_string()));
+        })),
+        ..StorageOptions::default()
+    };
+    let s = Storage::open(dir.path(), None, opts).unwrap();
+    let mut nothing_to_apply = rec("m5", "k9", "x", 50, "a", &[]);
+    nothing_to_apply.apply = None;
+    // Submitted together, so that they share commits as the writer takes them.
+    let mut waiting = Vec::new();
+    for r in [
+        rec("m1", "k1", "new", 20, "a", &[]),
+        rec("m2", "k2", "new", 20, "a", &[]),
+        rec("m3", "k1", "older", 10, "b", &[]),
+        rec("m1", "k1", "again", 30, "a", &[]),
+        nothing_to_apply,
+        rec("m6", "k2", "newer", 40, "a", &[]),
+    ] {
+        waiting.push(s.submit(r).await.unwrap());
+    }
+    for w in waiting {
+        w.await.unwrap().0.unwrap();
+    }
+    let body = |id: &str| format!(r#"{{"type":"SK","messageId":"{id}"}}"#);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![body("m1"), body("m2"), body("m6")]
+    );
+}

@@ -16,8 +16,8 @@ use crate::clock_mark::ClockMark;
 use crate::held::{Held, Plan};
 use crate::raw::{Param, RawStatement};
 use crate::{
-    now_ms, Apply, CommitObserver, DeliveryObserver, Outgoing, PeerRow, Record, Recorded, Result,
-    StorageError, WriterStats,
+    now_ms, Apply, ChangeObserver, CommitObserver, DeliveryObserver, Outgoing, PeerRow, Record,
+    Recorded, Result, StorageError, WriterStats,
 };
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -55,6 +55,8 @@ pub(crate) struct Writer {
     stats: Arc<WriterStats>,
     on_commit: Option<CommitObserver>,
     on_deliveries: Option<DeliveryObserver>,
+    /// Handed the writes of each commit that changed the store, in commit order.
+    pub(crate) on_changed: Option<ChangeObserver>,
     /// Whether commits are synced now (`synchronous = FULL`, the connection's setting).
     synced: bool,
     /// How long a batch of marks alone may wait for the next commit ([`DEFER_MARKS`]).
@@ -88,6 +90,7 @@ impl Writer {
             stats,
             on_commit,
             on_deliveries,
+            on_changed: None,
             synced: true,
             defer_marks: DEFER_MARKS,
             held,
@@ -247,6 +250,12 @@ impl Writer {
                     let rows = new_deliveries(&ops, &results);
                     if !rows.is_empty() {
                         observe(rows);
+                    }
+                }
+                if let Some(observe) = &self.on_changed {
+                    let changed = changed_writes(&ops, &results);
+                    if !changed.is_empty() {
+                        observe(changed);
                     }
                 }
                 for (op, r) in ops.into_iter().zip(results) {
@@ -519,6 +528,20 @@ fn new_deliveries(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<(String, Ve
         }
     }
     by_peer
+}
+
+/// The encoded writes of a commit that changed the store, in the order they were committed.
+fn changed_writes(ops: &[WriterOp], results: &[Result<Done>]) -> Vec<Arc<str>> {
+    ops.iter()
+        .zip(results)
+        .filter_map(|(op, result)| match (op, result) {
+            (
+                WriterOp::Record(rec, _),
+                Ok(Done::Recorded(Recorded::New { changed: true, .. }, _)),
+            ) => Some(rec.body.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// A row acknowledged in the same batch that marks it sent skips the `sent` step: it would be
