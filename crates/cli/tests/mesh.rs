@@ -234,10 +234,12 @@ async fn a_peer_stalled_under_load_catches_up_while_the_writes_go_on() {
     let b = start(NodeOptions::dialing(&[&a]));
     a.wait_connected(1).await;
     let mut app = WsClient::app(&a.ws_url()).await.unwrap();
+    // Rows not acknowledged yet, whether still pending or marked sent (a send unanswered for
+    // a retry period is marked so, which a slow machine reaches while the writes go on).
     let behind = || async {
-        a.peer_status(&b.id).await.unwrap().expect("b is known")["pending"]
-            .as_u64()
-            .expect("pending is a count")
+        let p = a.peer_status(&b.id).await.unwrap().expect("b is known");
+        let count = |state: &str| p[state].as_u64().expect("a count");
+        count("pending") + count("sent")
     };
     b.pause().unwrap();
     let mut sent = 0;
