@@ -326,12 +326,14 @@ impl Storage {
             rx,
             opts.max_batch.max(1),
             stats.clone(),
-            opts.on_commit.clone(),
-            opts.on_deliveries.clone(),
+            writer::Observers {
+                on_commit: opts.on_commit.clone(),
+                on_deliveries: opts.on_deliveries.clone(),
+                on_changed: opts.on_changed.clone(),
+            },
             held,
         );
         writer.defer_marks = opts.defer_marks;
-        writer.on_changed = opts.on_changed.clone();
         writer.set_clock_mark(clock);
         let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), Pace::DEFAULT)
             .map_err(|e| StorageError::CreateDir {

@@ -22,6 +22,15 @@ use crate::{
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Who is told about each commit, right after it and in commit order (see
+/// [`crate::StorageOptions`]).
+#[derive(Clone, Default)]
+pub(crate) struct Observers {
+    pub on_commit: Option<CommitObserver>,
+    pub on_deliveries: Option<DeliveryObserver>,
+    pub on_changed: Option<ChangeObserver>,
+}
+
 pub(crate) enum WriterOp {
     /// Answered with the record itself (see [`crate::Submitted`]).
     Record(
@@ -53,10 +62,7 @@ pub(crate) struct Writer {
     rx: mpsc::Receiver<WriterOp>,
     max_batch: usize,
     stats: Arc<WriterStats>,
-    on_commit: Option<CommitObserver>,
-    on_deliveries: Option<DeliveryObserver>,
-    /// Handed the writes of each commit that changed the store, in commit order.
-    pub(crate) on_changed: Option<ChangeObserver>,
+    observers: Observers,
     /// Whether commits are synced now (`synchronous = FULL`, the connection's setting).
     synced: bool,
     /// How long a batch of marks alone may wait for the next commit ([`DEFER_MARKS`]).
@@ -78,8 +84,7 @@ impl Writer {
         rx: mpsc::Receiver<WriterOp>,
         max_batch: usize,
         stats: Arc<WriterStats>,
-        on_commit: Option<CommitObserver>,
-        on_deliveries: Option<DeliveryObserver>,
+        observers: Observers,
         held: Held,
     ) -> Self {
         Writer {
@@ -88,9 +93,7 @@ impl Writer {
             rx,
             max_batch,
             stats,
-            on_commit,
-            on_deliveries,
-            on_changed: None,
+            observers,
             synced: true,
             defer_marks: DEFER_MARKS,
             held,
@@ -243,16 +246,16 @@ impl Writer {
                 self.stats
                     .ops
                     .fetch_add(results.len() as u64, Ordering::Relaxed);
-                if let Some(observe) = &self.on_commit {
+                if let Some(observe) = &self.observers.on_commit {
                     observe(results.len());
                 }
-                if let Some(observe) = &self.on_deliveries {
+                if let Some(observe) = &self.observers.on_deliveries {
                     let rows = new_deliveries(&ops, &results);
                     if !rows.is_empty() {
                         observe(rows);
                     }
                 }
-                if let Some(observe) = &self.on_changed {
+                if let Some(observe) = &self.observers.on_changed {
                     let changed = changed_writes(&ops, &results);
                     if !changed.is_empty() {
                         observe(changed);
@@ -1109,7 +1112,7 @@ mod tests {
         conn.execute_batch(crate::schema::SCHEMA).unwrap();
         let (_tx, rx) = mpsc::channel(1);
         let held = Held::open(&conn, Default::default()).unwrap();
-        Writer::new(conn, rx, 16, Arc::default(), None, None, held)
+        Writer::new(conn, rx, 16, Arc::default(), Observers::default(), held)
     }
 
     fn write_to(id: &str, peer: &str) -> WriterOp {
@@ -1221,8 +1224,10 @@ mod tests {
             rx,
             16,
             Arc::default(),
-            None,
-            Some(on_deliveries),
+            Observers {
+                on_deliveries: Some(on_deliveries),
+                ..Observers::default()
+            },
             held,
         );
         w.commit_batch(&mut vec![
