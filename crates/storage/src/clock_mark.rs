@@ -41,9 +41,15 @@ pub(crate) fn journal_mark(c: &Connection) -> Result<Mark> {
 
 /// `stored` moved past the journal rows recorded after the id it covers.
 fn with_rows_past(c: &Connection, stored: Mark) -> Result<Mark> {
-    let (tail, newest): (Option<String>, Option<i64>) = c
-        .prepare_cached("SELECT max(hlc), max(id) FROM messages WHERE id > ?1")?
-        .query_row(params![stored.through], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (mut tail, mut newest): (Option<String>, Option<i64>) = (None, None);
+    // Stamps' texts sort as the stamps do.
+    crate::journal::each_after(c, stored.through, |id, entry| {
+        if tail.as_deref().is_none_or(|t| entry.hlc > t) {
+            tail = Some(entry.hlc.to_owned());
+        }
+        newest = Some(id);
+        Ok(())
+    })?;
     let tail = tail
         .map(|t| {
             t.parse::<Hlc>()

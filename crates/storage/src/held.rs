@@ -375,19 +375,17 @@ pub(crate) fn recover(conn: &Connection) -> Result<i64> {
             |r| r.get(0),
         )
         .optional()?;
-    let last: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
-        r.get(0)
-    })?;
+    let last = crate::journal::last_id(conn)?;
     if let Some(from) = stored.and_then(|s| s.parse::<i64>().ok()) {
         let tx = conn.unchecked_transaction()?;
         let now = crate::now_ms() as i64;
-        let owed: Vec<(i64, String)> = tx
-            .prepare(
-                "SELECT id, recipients FROM messages WHERE id > ?1 AND recipients IS NOT NULL
-                 ORDER BY id",
-            )?
-            .query_map(params![from], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<std::result::Result<_, _>>()?;
+        let mut owed: Vec<(i64, String)> = Vec::new();
+        crate::journal::each_after(&tx, from, |id, entry| {
+            if let Some(recipients) = entry.recipients {
+                owed.push((id, recipients.to_owned()));
+            }
+            Ok(())
+        })?;
         let mut add = tx.prepare(
             "INSERT INTO deliveries (msg, peer, state, attempts, updated_at)
              SELECT ?1, ?2, 'pending', 0, ?3

@@ -11,6 +11,7 @@
 mod checkpointer;
 mod clock_mark;
 mod held;
+mod journal;
 mod raw;
 mod schema;
 mod seq_queue;
@@ -284,16 +285,7 @@ impl Storage {
         }
         let conn = open_writer_conn(&file)?;
         conn.execute_batch(schema::SCHEMA)?;
-        for (table, column, ty) in schema::ADDED_COLUMNS {
-            let present: i64 = conn.query_row(
-                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-                params![column],
-                |r| r.get(0),
-            )?;
-            if present == 0 {
-                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
-            }
-        }
+        journal::migrate(&conn)?;
         let stored: Option<String> = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = 'instance_id'",
@@ -332,7 +324,7 @@ impl Storage {
                 on_changed: opts.on_changed.clone(),
             },
             held,
-        );
+        )?;
         writer.defer_marks = opts.defer_marks;
         writer.set_clock_mark(clock);
         let checkpoints = Checkpointer::start(open_conn(&file)?, stats.clone(), Pace::DEFAULT)
@@ -433,11 +425,23 @@ impl Storage {
     /// The oldest writes waiting for the external store, in apply order.
     pub async fn pending_applies(&self, limit: usize) -> Result<Vec<QueuedApply>> {
         self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT q.seq, m.body FROM apply_queue q JOIN messages m ON m.id = q.msg ORDER BY q.seq LIMIT ?1",
-            )?;
-            let rows = st.query_map(params![limit as i64], |r| Ok(QueuedApply { seq: r.get(0)?, body: r.get(1)? }))?;
-            Ok(rows.collect::<std::result::Result<_, _>>()?)
+            let queued: Vec<(i64, i64)> = c
+                .prepare_cached("SELECT seq, msg FROM apply_queue ORDER BY seq LIMIT ?1")?
+                .query_map(params![limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<std::result::Result<_, _>>()?;
+            let mut journal = journal::Reader::new(c);
+            let mut out = Vec::with_capacity(queued.len());
+            for (seq, msg) in queued {
+                // Pruning keeps every write with a queued apply; one gone all the same is left
+                // out, as a join would leave it, rather than holding up the writes behind it.
+                if let Some(entry) = journal.get(msg)? {
+                    out.push(QueuedApply {
+                        seq,
+                        body: entry.body.to_owned(),
+                    });
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -583,12 +587,15 @@ impl Storage {
         let peer = peer.to_owned();
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
-                "{OUTGOING} WHERE d.peer = ?1 AND d.seq > ?2 AND d.state IN ('pending', 'sent') ORDER BY d.seq LIMIT ?3"
+                "{OUTGOING} WHERE peer = ?1 AND seq > ?2 AND state IN ('pending', 'sent') ORDER BY seq LIMIT ?3"
             ))?;
+            let mut journal = journal::Reader::new(c);
             let mut out = Vec::new();
             let mut bytes = 0;
-            for row in st.query_map(params![peer, after_seq, limit as i64], outgoing_row)? {
-                let row = finish_outgoing(row?)?;
+            for row in st.query_map(params![peer, after_seq, limit as i64], delivery_row)? {
+                let Some(row) = outgoing(&mut journal, row?)? else {
+                    continue;
+                };
                 bytes += row.body.len();
                 out.push(row);
                 if bytes >= max_bytes {
@@ -605,12 +612,13 @@ impl Storage {
         self.write_held(None).await?;
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(
-                "{OUTGOING} WHERE d.seq = ?1 AND d.state IN ('pending', 'sent')"
+                "{OUTGOING} WHERE seq = ?1 AND state IN ('pending', 'sent')"
             ))?;
+            let mut journal = journal::Reader::new(c);
             let mut out = Vec::with_capacity(seqs.len());
             for seq in seqs {
-                for row in st.query_map(params![seq], outgoing_row)? {
-                    out.push(finish_outgoing(row?)?);
+                for row in st.query_map(params![seq], delivery_row)? {
+                    out.extend(outgoing(&mut journal, row?)?);
                 }
             }
             Ok(out)
@@ -678,23 +686,37 @@ impl Storage {
     pub async fn dead_letters(&self, offset: u64, limit: u64) -> Result<Vec<DeadLetter>> {
         self.read(move |c| {
             let mut st = c.prepare(
-                "SELECT d.seq, d.peer, m.message_id, m.msg_type, d.attempts, d.updated_at, d.note, m.body
-                 FROM deliveries d JOIN messages m ON m.id = d.msg
-                 WHERE d.state = 'dead' ORDER BY d.seq LIMIT ?1 OFFSET ?2",
+                "SELECT seq, peer, msg, attempts, updated_at, note FROM deliveries
+                 WHERE state = 'dead' ORDER BY seq LIMIT ?1 OFFSET ?2",
             )?;
             let rows = st.query_map(params![limit as i64, offset as i64], |r| {
-                Ok(DeadLetter {
-                    seq: r.get(0)?,
-                    peer: r.get(1)?,
-                    message_id: r.get(2)?,
-                    msg_type: r.get(3)?,
-                    attempts: r.get(4)?,
-                    dead_at: r.get::<_, i64>(5)? as u64,
-                    note: r.get(6)?,
-                    body: r.get(7)?,
-                })
+                Ok((
+                    r.get::<_, i64>(2)?,
+                    DeadLetter {
+                        seq: r.get(0)?,
+                        peer: r.get(1)?,
+                        message_id: String::new(),
+                        msg_type: String::new(),
+                        attempts: r.get(3)?,
+                        dead_at: r.get::<_, i64>(4)? as u64,
+                        note: r.get(5)?,
+                        body: String::new(),
+                    },
+                ))
             })?;
-            Ok(rows.collect::<std::result::Result<_, _>>()?)
+            let mut journal = journal::Reader::new(c);
+            let mut out = Vec::new();
+            for row in rows {
+                let (msg, mut dead) = row?;
+                // A row whose write is gone from the journal is left out, as it always was.
+                if let Some(entry) = journal.get(msg)? {
+                    dead.message_id = entry.message_id.to_owned();
+                    dead.msg_type = entry.msg_type.to_owned();
+                    dead.body = entry.body.to_owned();
+                    out.push(dead);
+                }
+            }
+            Ok(out)
         })
         .await
     }
@@ -703,8 +725,8 @@ impl Storage {
     pub async fn dead_seqs(&self, message_ids: Vec<String>) -> Result<Vec<i64>> {
         self.read(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT d.seq FROM deliveries d JOIN messages m ON m.id = d.msg
-                 WHERE d.state = 'dead' AND m.message_id = ?1 ORDER BY d.seq",
+                "SELECT d.seq FROM seen s JOIN deliveries d ON d.msg = s.id
+                 WHERE d.state = 'dead' AND s.message_id = ?1 ORDER BY d.seq",
             )?;
             let mut out = Vec::new();
             for id in &message_ids {
@@ -786,10 +808,7 @@ impl Storage {
 
     /// How many messages the journal holds.
     pub async fn message_count(&self) -> Result<u64> {
-        self.count(|c| {
-            Ok(c.query_row("SELECT COUNT(*) FROM messages", [], |r| r.get::<_, i64>(0))? as u64)
-        })
-        .await
+        self.count(journal::count).await
     }
 
     /// Stops the writer after it has committed everything queued before this call. Other
@@ -807,30 +826,33 @@ impl Storage {
     }
 }
 
-/// The columns of an [`Outgoing`] row.
-const OUTGOING: &str = "SELECT d.seq, m.message_id, m.path, m.body, d.attempts, m.msg_type
-     FROM deliveries d JOIN messages m ON m.id = d.msg";
+/// The columns of a delivery row to send; its write comes from the journal ([`outgoing`]).
+const OUTGOING: &str = "SELECT seq, msg, attempts FROM deliveries";
 
-/// An [`Outgoing`] with its path still JSON text.
-fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Outgoing, String)> {
-    Ok((
-        Outgoing {
-            seq: r.get(0)?,
-            message_id: r.get::<_, String>(1)?.into(),
-            path: Arc::from([]),
-            body: r.get::<_, String>(3)?.into(),
-            attempts: r.get(4)?,
-            msg_type: MessageType::parse(&r.get::<_, String>(5)?).map_or("?", MessageType::as_str),
-        },
-        r.get(2)?,
-    ))
+/// A delivery row's seq, journal id and attempts.
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, i64, u32)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
 }
 
-fn finish_outgoing((mut o, path): (Outgoing, String)) -> Result<Outgoing> {
-    o.path = serde_json::from_str::<Vec<String>>(&path)
-        .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", o.message_id)))?
-        .into();
-    Ok(o)
+/// A delivery row ready to send, with its write from the journal; none if the write is gone
+/// (as a join would have left the row out).
+fn outgoing(
+    journal: &mut journal::Reader<'_>,
+    (seq, msg, attempts): (i64, i64, u32),
+) -> Result<Option<Outgoing>> {
+    let Some(entry) = journal.get(msg)? else {
+        return Ok(None);
+    };
+    let path = serde_json::from_str::<Vec<String>>(entry.path)
+        .map_err(|e| StorageError::Corrupt(format!("path of {}: {e}", entry.message_id)))?;
+    Ok(Some(Outgoing {
+        seq,
+        message_id: entry.message_id.into(),
+        msg_type: MessageType::parse(entry.msg_type).map_or("?", MessageType::as_str),
+        path: path.into(),
+        body: entry.body.into(),
+        attempts,
+    }))
 }
 
 fn open_conn(file: &Path) -> Result<Connection> {

@@ -1,5 +1,5 @@
-//! The SQLite schema. One database file holds the journal of messages (which is also the
-//! durable dedup record), the delivery outbox, known peers, and the embedded key/value store,
+//! The SQLite schema. One database file holds the journal of messages and the durable dedup
+//! record, the delivery outbox, known peers, and the embedded key/value store,
 //! so recording a write, its deliveries and its local apply commit as one transaction.
 
 pub const PRAGMAS: &str = "
@@ -18,24 +18,24 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 
--- Every write this node recorded, in the form it forwards it. UNIQUE(message_id,
--- cluster_group) is the durable dedup record: a copy that arrives again is a duplicate.
-CREATE TABLE IF NOT EXISTS messages (
-    id            INTEGER PRIMARY KEY,
+-- The journal (journal.rs): every write this node recorded, in the form it forwards it.
+-- `seen` is the durable dedup record, one row per write: a copy whose (message_id,
+-- cluster_group) is there already is a duplicate. `journal` holds the writes, one row per
+-- commit: the commit's writes encoded one after another in `entries`, the first with the id
+-- `first`, the others following on, `count` in all.
+CREATE TABLE IF NOT EXISTS seen (
     message_id    TEXT NOT NULL,
     cluster_group TEXT NOT NULL,
-    msg_type      TEXT NOT NULL,
-    origin        TEXT NOT NULL,
-    hlc           TEXT NOT NULL,
-    path          TEXT NOT NULL,
-    body          TEXT NOT NULL,
-    received_at   INTEGER NOT NULL,
-    -- The peers a write recorded here owes a delivery to (JSON array), so delivery rows held
-    -- in memory can be written again after a crash (see held.rs); NULL when none.
-    recipients    TEXT,
-    UNIQUE (message_id, cluster_group)
+    id            INTEGER NOT NULL,
+    PRIMARY KEY (message_id, cluster_group)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS journal (
+    first       INTEGER PRIMARY KEY,
+    count       INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    entries     BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS messages_received ON messages (received_at);
+CREATE INDEX IF NOT EXISTS journal_received ON journal (received_at);
 
 -- One row per (message, recipient peer). `seq` is the send order; AUTOINCREMENT so a pruned
 -- seq is never reused below a delivery task's cursor. `peer` is the peer's
@@ -87,6 +87,3 @@ CREATE TABLE IF NOT EXISTS apply_queue (
     msg INTEGER NOT NULL
 );
 ";
-
-/// Columns added after the first release, for databases created before them.
-pub const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("messages", "recipients", "TEXT")];

@@ -398,13 +398,30 @@ async fn committed_writes_survive_reopening() {
 /// Adds a journal row behind the node's back, as a commit just before a crash would have
 /// left it: the writer had not stored its clock mark yet.
 fn add_journal_row(dir: &Path, id: &str, hlc: u64) {
-    behind_its_back(dir)
-        .execute(
-            "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
-             VALUES (?1, 'singleton', 'SK', 'a', ?2, '[\"a\"]', '{}', 0)",
-            rusqlite::params![id, Hlc::new(hlc, 0).to_text().as_str()],
-        )
-        .unwrap();
+    let c = behind_its_back(dir);
+    let next = journal::last_id(&c).unwrap() + 1;
+    let mut row = Vec::new();
+    journal::Entry {
+        message_id: id,
+        group: "singleton",
+        msg_type: "SK",
+        origin: "a",
+        hlc: Hlc::new(hlc, 0).to_text().as_str(),
+        path: r#"["a"]"#,
+        body: "{}",
+        recipients: None,
+    }
+    .encode(&mut row);
+    c.execute(
+        "INSERT INTO seen (message_id, cluster_group, id) VALUES (?1, 'singleton', ?2)",
+        rusqlite::params![id, next],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO journal (first, count, received_at, entries) VALUES (?1, 1, 0, ?2)",
+        rusqlite::params![next, row],
+    )
+    .unwrap();
 }
 
 /// A connection of its own to a closed node's database, to change it behind the node's back.
@@ -428,7 +445,10 @@ async fn the_clock_starts_past_pruned_stamps_and_past_rows_recorded_after_its_ma
     // Opening reads the journal and stores its mark.
     open(dir.path()).close().await;
     behind_its_back(dir.path())
-        .execute("DELETE FROM messages WHERE message_id = 'm2'", [])
+        .execute(
+            "DELETE FROM journal WHERE first = (SELECT id FROM seen WHERE message_id = 'm2')",
+            [],
+        )
         .unwrap();
     let s = open(dir.path());
     assert_eq!(
@@ -918,8 +938,30 @@ async fn seqs_are_never_reused_between_held_and_written_rows() {
     assert_eq!(owed(s.open_deliveries("b", 0, 10).await.unwrap()), ["m2"]);
 }
 
-/// A database written before journal rows listed their recipients opens: the column is added,
-/// its rows owe nothing new (they were all written then), and new writes hold their rows.
+/// The journal as it was before `seen` and `journal`: one row per write, in the table
+/// `messages`; `recipients` came later than the rest.
+fn old_journal(recipients: bool) -> String {
+    format!(
+        "CREATE TABLE messages (
+             id            INTEGER PRIMARY KEY,
+             message_id    TEXT NOT NULL,
+             cluster_group TEXT NOT NULL,
+             msg_type      TEXT NOT NULL,
+             origin        TEXT NOT NULL,
+             hlc           TEXT NOT NULL,
+             path          TEXT NOT NULL,
+             body          TEXT NOT NULL,
+             received_at   INTEGER NOT NULL,
+             {}
+             UNIQUE (message_id, cluster_group)
+         );
+         CREATE INDEX messages_received ON messages (received_at);",
+        if recipients { "recipients TEXT," } else { "" }
+    )
+}
+
+/// A database written before journal rows listed their recipients opens: its rows owe
+/// nothing new (they were all written then), and new writes hold their rows.
 #[tokio::test]
 async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
     let dir = tempfile::tempdir().unwrap();
@@ -927,13 +969,8 @@ async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
     {
         let c = Connection::open(&file).unwrap();
         // The journal as it was, without `recipients`, with one write owed to b.
-        let old = crate::schema::SCHEMA.replace("    recipients    TEXT,\n", "");
-        assert_ne!(
-            old,
-            crate::schema::SCHEMA,
-            "the column is gone from the old schema"
-        );
-        c.execute_batch(&old).unwrap();
+        c.execute_batch(crate::schema::SCHEMA).unwrap();
+        c.execute_batch(&old_journal(false)).unwrap();
         c.execute_batch(
             "INSERT INTO messages (id, message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
              VALUES (1, 'old', 'singleton', 'SK', 'a', '0000000000010000', '[\"a\"]', '{}', 1);
@@ -950,6 +987,58 @@ async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
         owed(s.open_deliveries("b", 0, 10).await.unwrap()),
         ["old", "new"]
     );
+}
+
+/// A journal of one row per write moves to one row per commit when the node opens it: every
+/// write keeps its id (the outbox still finds it), its dedup key (a copy is still a
+/// duplicate) and its recipients (held rows lost in a crash still come back), and new writes
+/// get ids after the greatest.
+#[tokio::test]
+async fn a_journal_of_one_row_per_write_moves_to_one_row_per_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = database_file(dir.path());
+    {
+        let c = Connection::open(&file).unwrap();
+        c.execute_batch(crate::schema::SCHEMA).unwrap();
+        c.execute_batch(&old_journal(true)).unwrap();
+        // Ids 1, 2 and 5 (3 and 4 were pruned). b acknowledged 1 and 2 and is owed 5, whose
+        // row was held when the node stopped: the watermark says so.
+        c.execute_batch(
+            "INSERT INTO messages (id, message_id, cluster_group, msg_type, origin, hlc, path, body, received_at, recipients) VALUES
+               (1, 'm1', 'singleton', 'SK', 'a', '0000000000010000', '[\"a\"]', '{\"n\":1}', 1, '[\"b\"]'),
+               (2, 'm2', 'singleton', 'SK', 'a', '0000000000020000', '[\"a\"]', '{\"n\":2}', 1, NULL),
+               (5, 'm5', 'g2', 'SK', 'a', '0000000000050000', '[\"a\"]', '{\"n\":5}', 2, '[\"b\"]');
+             INSERT INTO meta (key, value) VALUES ('held_through', '2');",
+        )
+        .unwrap();
+    }
+    let s = open(dir.path());
+    let rows = s.open_deliveries("b", 0, 10).await.unwrap();
+    assert_eq!(owed(rows.clone()), ["m5"], "the held row came back");
+    assert_eq!(&*rows[0].body, r#"{"n":5}"#);
+    assert_eq!(s.message_count().await.unwrap(), 3);
+    assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(5, 0)));
+    assert_eq!(
+        s.record(rec("m1", "k", "v", 1, "a", &[])).await.unwrap(),
+        Recorded::Duplicate
+    );
+    s.record(rec("m6", "k", "v", 6, "a", &["c"])).await.unwrap();
+    s.close().await;
+    let c = behind_its_back(dir.path());
+    let old: bool = c
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'messages')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!old, "the old table is gone");
+    let id_of = |m: &str| journal::id_of(&c, m, if m == "m5" { "g2" } else { "singleton" });
+    let ids: Vec<Option<i64>> = ["m1", "m2", "m5", "m6"]
+        .iter()
+        .map(|m| id_of(m).unwrap())
+        .collect();
+    assert_eq!(ids, [Some(1), Some(2), Some(5), Some(6)]);
 }
 
 /// The writes that changed the store are handed over after their commit, in the order they

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use crate::clock_mark::ClockMark;
 use crate::held::{Held, Plan};
-use crate::raw::{Param, RawStatement};
+use crate::journal::{self, Appender, Entry};
+use crate::raw::RawStatement;
 use crate::{
     now_ms, Apply, ChangeObserver, CommitObserver, DeliveryObserver, Outgoing, PeerRow, Record,
     Recorded, Result, StorageError, WriterStats,
@@ -86,9 +87,16 @@ impl Writer {
         stats: Arc<WriterStats>,
         observers: Observers,
         held: Held,
-    ) -> Self {
-        Writer {
-            hot: Hot::default(),
+    ) -> Result<Self> {
+        let hot = Hot {
+            journal: Appender::open(&conn)?,
+            insert_seen: None,
+            upsert_kv: None,
+            renamed: Default::default(),
+            clock: ClockMark::default(),
+        };
+        Ok(Writer {
+            hot,
             conn,
             rx,
             max_batch,
@@ -100,7 +108,7 @@ impl Writer {
             hold: true,
             failures: 0,
             checkpointer: None,
-        }
+        })
     }
 
     /// The greatest stamp the journal held when the writer started (see `clock_mark.rs`).
@@ -393,12 +401,18 @@ fn run_batch(
         hold,
         now,
     } = *batch;
+    hot.journal.begin();
     if plan.sync_sequence {
         held.sync_sequence(tx)?;
     }
     held.write(tx, &plan.write, now)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
+        if !matches!(op, WriterOp::Record(..)) || hot.journal.is_full() {
+            // The journal row of the writes so far goes in first: for the operations that
+            // read the journal (a take-over, a peer met, pruning), and once it is full.
+            hot.journal.flush(tx, now)?;
+        }
         if !isolate {
             results.push(Ok(execute(
                 tx,
@@ -410,7 +424,11 @@ fn run_batch(
             continue;
         }
         tx.execute_batch("SAVEPOINT op")?;
+        let mark = hot.journal.mark();
         let r = execute(tx, hot, op, now, hold.then_some(&mut held.next_seq));
+        if r.is_err() {
+            hot.journal.rewind(mark);
+        }
         tx.execute_batch(if r.is_ok() {
             "RELEASE op"
         } else {
@@ -418,6 +436,7 @@ fn run_batch(
         })?;
         results.push(r);
     }
+    hot.journal.flush(tx, now)?;
     if plan.sync_sequence {
         held.follow_sequence(tx)?;
     }
@@ -442,11 +461,7 @@ fn run_batch(
         Some(w) => Some(w),
         // No row held before or after: the watermark may lag (see `held.rs`).
         None if !held.watermark_due(plan) => None,
-        // Cached, not parsed anew each commit (see `in_transaction`).
-        None => Some(
-            tx.prepare_cached("SELECT coalesce(max(id), 0) FROM messages")?
-                .query_row([], |r| r.get(0))?,
-        ),
+        None => Some(hot.journal.last_id()),
     };
     if let Some(w) = watermark {
         held.store_watermark(tx, w)?;
@@ -644,9 +659,10 @@ fn reply(op: WriterOp, result: Result<Done>) {
 /// them from rusqlite's statement cache for each write hashed the SQL text and cleared the
 /// bindings on return (about an eighth of the writer's instructions), and rusqlite's binding
 /// copies every text (see `raw.rs`).
-#[derive(Default)]
 struct Hot {
-    insert_message: Option<RawStatement>,
+    /// Hands out journal ids and collects the batch's journal row (`journal.rs`).
+    journal: Appender,
+    insert_seen: Option<RawStatement>,
     upsert_kv: Option<RawStatement>,
     /// Configured peers' `url:` keys whose instance id a peer-met operation revealed, with
     /// that id. A write routed while the router still knew the key, but recorded after the
@@ -668,8 +684,7 @@ fn hot_statement<'s>(
     Ok(slot.as_mut().expect("prepared above"))
 }
 
-const INSERT_MESSAGE: &str = "INSERT INTO messages (message_id, cluster_group, msg_type, origin, hlc, path, body, received_at, recipients)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+const INSERT_SEEN: &str = "INSERT INTO seen (message_id, cluster_group, id) VALUES (?1, ?2, ?3)
      ON CONFLICT (message_id, cluster_group) DO NOTHING";
 
 const UPSERT_KV: &str =
@@ -749,28 +764,17 @@ fn execute(
         }
         WriterOp::Prune(before, _) => {
             let before = *before as i64;
-            c.execute(
-                "DELETE FROM deliveries WHERE state = 'acked'
-                 AND msg IN (SELECT id FROM messages WHERE received_at < ?1)",
-                params![before],
-            )?;
             // Tombstones and expired keys go after the retention period too.
             c.execute(
                 "DELETE FROM kv WHERE (kind = 'deleted' AND updated_at < ?1)
                  OR (expires_at IS NOT NULL AND expires_at < ?1)",
                 params![before],
             )?;
-            // The newest journal row stays, whatever its age: SQLite gives a new row the
-            // greatest id plus one, so an emptied journal would hand out ids again that the
+            // The newest journal row stays, whatever its age: the next id follows the
+            // greatest one there is, so an emptied journal would hand out ids again that the
             // clock mark (`clock_mark.rs`) has counted past, and a start would not read the
             // rows recorded under them just before a crash.
-            Done::Count(c.execute(
-                "DELETE FROM messages WHERE received_at < ?1
-                 AND id < (SELECT max(id) FROM messages)
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = messages.id)
-                 AND NOT EXISTS (SELECT 1 FROM apply_queue q WHERE q.msg = messages.id)",
-                params![before],
-            )? as u64)
+            Done::Count(journal::prune(c, before)?)
         }
         WriterOp::Applied(seqs, _) => {
             let mut st = c.prepare_cached("DELETE FROM apply_queue WHERE seq = ?1")?;
@@ -835,21 +839,24 @@ fn record(
     };
     let recipients = (!peers.is_empty()).then(|| slipstream_protocol::json_strings(peers));
     let hlc = rec.hlc.to_text();
-    let inserted = hot_statement(&mut hot.insert_message, c, INSERT_MESSAGE)?.execute(&[
+    let inserted = hot_statement(&mut hot.insert_seen, c, INSERT_SEEN)?.execute(&[
         rec.message_id.as_str().into(),
         rec.group.as_str().into(),
-        Param::Text(rec.msg_type),
-        rec.origin.as_str().into(),
-        hlc.as_str().into(),
-        path.as_str().into(),
-        Param::Text(&rec.body),
-        now.into(),
-        recipients.as_deref().into(),
+        hot.journal.next_id().into(),
     ])?;
     if inserted == 0 {
         return Ok((relay(c, rec, now)?, 0));
     }
-    let msg = c.last_insert_rowid();
+    let msg = hot.journal.push(&Entry {
+        message_id: &rec.message_id,
+        group: &rec.group,
+        msg_type: rec.msg_type,
+        origin: &rec.origin,
+        hlc: hlc.as_str(),
+        path: &path,
+        body: &rec.body,
+        recipients: recipients.as_deref(),
+    });
     let changed = match &rec.apply {
         None => false,
         Some(_) if rec.queue_apply => {
@@ -910,17 +917,24 @@ fn take_over(
     peers: &[String],
     now: i64,
 ) -> Result<Vec<(String, i64)>> {
+    let mut writes = Vec::new();
+    journal::each_received_since(c, since, |id, entry| {
+        if entry.origin == origin && !entry.body.contains("\"targetedTags\"") {
+            writes.push(id);
+        }
+        Ok(())
+    })?;
     let mut st = c.prepare_cached(
         "INSERT INTO deliveries (msg, peer, state, attempts, updated_at)
-         SELECT m.id, ?2, 'pending', 0, ?3 FROM messages m
-         WHERE m.received_at >= ?4 AND m.origin = ?1
-           AND instr(m.body, '\"targetedTags\"') = 0
-           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = m.id AND d.peer = ?2)
-         ORDER BY m.id",
+         SELECT ?1, ?2, 'pending', 0, ?3
+         WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = ?1 AND d.peer = ?2)",
     )?;
     let mut added = Vec::new();
     for peer in peers {
-        let n = st.execute(params![origin, peer, now, since])?;
+        let mut n = 0;
+        for msg in &writes {
+            n += st.execute(params![msg, peer, now])?;
+        }
         if n > 0 {
             added.push((peer.clone(), n as i64));
         }
@@ -934,9 +948,9 @@ fn relay(c: &Connection, rec: &Record, now: i64) -> Result<Recorded> {
     if rec.relay_to.is_empty() {
         return Ok(Recorded::Duplicate);
     }
-    let msg: i64 = c
-        .prepare_cached("SELECT id FROM messages WHERE message_id = ?1 AND cluster_group = ?2")?
-        .query_row(params![rec.message_id, rec.group], |r| r.get(0))?;
+    let msg = journal::id_of(c, &rec.message_id, &rec.group)?.ok_or_else(|| {
+        StorageError::Corrupt(format!("{} is in `seen` but has no id", rec.message_id))
+    })?;
     let mut deliveries = Vec::new();
     for peer in &rec.relay_to {
         let added = c
@@ -1033,14 +1047,28 @@ fn peer_met(c: &Connection, peer: &PeerRow, now: i64) -> Result<u64> {
         // row would send it a second time. The journal lists both among the write's
         // recipients; the id's row may be gone already, acknowledged while held (`held.rs`).
         let key = format!("url:{url}");
-        c.execute(
-            "DELETE FROM deliveries WHERE peer = ?2 AND (
-                 EXISTS (SELECT 1 FROM messages m, json_each(m.recipients) r
-                         WHERE m.id = deliveries.msg AND r.value = ?1)
-                 OR EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = deliveries.msg
-                            AND d.peer = ?1 AND d.state != 'dead'))",
-            params![peer.id, key],
+        let rows: Vec<(i64, i64)> = c
+            .prepare_cached("SELECT seq, msg FROM deliveries WHERE peer = ?1")?
+            .query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        let mut owed_to_id = c.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM deliveries WHERE msg = ?1 AND peer = ?2 AND state != 'dead')",
         )?;
+        let mut forget = c.prepare_cached("DELETE FROM deliveries WHERE seq = ?1")?;
+        let mut journal = journal::Reader::new(c);
+        for (seq, msg) in rows {
+            let listed = match journal.get(msg)?.and_then(|e| e.recipients) {
+                Some(recipients) => serde_json::from_str::<Vec<String>>(recipients)
+                    .map_err(|e| {
+                        StorageError::Corrupt(format!("recipients of journal id {msg}: {e}"))
+                    })?
+                    .contains(&peer.id),
+                None => false,
+            };
+            if listed || owed_to_id.query_row(params![msg, peer.id], |r| r.get::<_, bool>(0))? {
+                forget.execute(params![seq])?;
+            }
+        }
         let moved = c.execute(
             "UPDATE deliveries SET peer = ?1 WHERE peer = ?2",
             params![peer.id, key],
@@ -1112,7 +1140,7 @@ mod tests {
         conn.execute_batch(crate::schema::SCHEMA).unwrap();
         let (_tx, rx) = mpsc::channel(1);
         let held = Held::open(&conn, Default::default()).unwrap();
-        Writer::new(conn, rx, 16, Arc::default(), Observers::default(), held)
+        Writer::new(conn, rx, 16, Arc::default(), Observers::default(), held).unwrap()
     }
 
     fn write_to(id: &str, peer: &str) -> WriterOp {
@@ -1176,7 +1204,7 @@ mod tests {
         let rows: Vec<(String, String)> = w
             .conn
             .prepare(
-                "SELECT m.message_id, d.peer FROM deliveries d JOIN messages m ON m.id = d.msg
+                "SELECT s.message_id, d.peer FROM deliveries d JOIN seen s ON s.id = d.msg
                  ORDER BY d.seq",
             )
             .unwrap()
@@ -1229,7 +1257,8 @@ mod tests {
                 ..Observers::default()
             },
             held,
-        );
+        )
+        .unwrap();
         w.commit_batch(&mut vec![
             write_to_all("m1", &["b", "c"]),
             write_to("m2", "c"),
@@ -1257,6 +1286,75 @@ mod tests {
             rec.recipients.clear();
         }
         op
+    }
+
+    /// A commit's writes go into journal rows of about [`journal::ROW_BYTES`] each, ids one
+    /// after another across the rows, and every write reads back by its id.
+    #[test]
+    fn a_large_commit_fills_journal_rows_of_bounded_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        let body: Arc<str> = "x".repeat(1000).into();
+        let mut ops: Vec<WriterOp> = (0..100)
+            .map(|i| {
+                let mut op = received(&format!("m{i}"));
+                if let WriterOp::Record(rec, _) = &mut op {
+                    rec.body = body.clone();
+                }
+                op
+            })
+            .collect();
+        w.commit_batch(&mut ops);
+        let rows: Vec<(i64, i64, usize)> = w
+            .conn
+            .prepare("SELECT first, count, length(entries) FROM journal ORDER BY first")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(rows.len() >= 3, "100 KB in rows of 32 KiB: {rows:?}");
+        let mut next = 1;
+        for (first, count, bytes) in &rows {
+            assert_eq!(*first, next, "ids follow on: {rows:?}");
+            assert!(*bytes < journal::ROW_BYTES + 1100, "{rows:?}");
+            next = first + count;
+        }
+        assert_eq!(next, 101);
+        let mut journal = journal::Reader::new(&w.conn);
+        for id in 1..=100 {
+            let entry = journal.get(id).unwrap().expect("every write is there");
+            assert_eq!(entry.message_id, format!("m{}", id - 1));
+            assert_eq!(entry.body, &*body);
+        }
+    }
+
+    /// A journal row holds a whole commit's writes and is pruned whole: while one of its
+    /// writes is owed to a peer, the others stay too, and their dedup keys with them.
+    #[test]
+    fn a_journal_row_is_pruned_whole_once_none_of_its_writes_is_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        w.commit_batch(&mut vec![write_to("m1", "b"), received("r1")]);
+        // The newest row, which stays whatever its age.
+        w.commit_batch(&mut vec![received("r2")]);
+        let prune = |w: &mut Writer| -> u64 {
+            let (tx, rx) = oneshot::channel();
+            w.commit_batch(&mut vec![WriterOp::Prune(now_ms() + 1000, tx)]);
+            rx.blocking_recv().unwrap().unwrap()
+        };
+        let known = |w: &Writer, id: &str| journal::id_of(&w.conn, id, "singleton").unwrap();
+        assert_eq!(prune(&mut w), 0, "m1 is owed to b");
+        assert!(known(&w, "r1").is_some(), "r1 stays with m1");
+        let seq: i64 = w
+            .conn
+            .query_row("SELECT seq FROM deliveries", [], |r| r.get(0))
+            .unwrap();
+        w.commit_batch(&mut vec![WriterOp::MarkAcked(vec![seq], None, reply())]);
+        assert_eq!(prune(&mut w), 2);
+        assert_eq!((known(&w, "m1"), known(&w, "r1")), (None, None));
+        assert_eq!(known(&w, "r2"), Some(3));
+        assert!(rows(&w).is_empty(), "the acknowledged row went too");
     }
 
     fn held_through(w: &Writer) -> i64 {
