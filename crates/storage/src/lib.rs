@@ -26,7 +26,7 @@ use slipstream_protocol::{Hlc, MessageType, Value, ValueKind};
 use tokio::sync::{mpsc, oneshot};
 
 use checkpointer::{Checkpointer, Pace, WAL_BOUND_PAGES};
-pub use held::{PeerHeld, HOLD_FOR, MAX_HELD};
+pub use held::{PeerHeld, HOLD_FOR, MAX_HELD, MAX_HELD_PER_PEER};
 pub use seq_queue::SeqQueue;
 pub use writer::DEFER_MARKS;
 use writer::{Writer, WriterOp};
