@@ -121,7 +121,14 @@ impl ClockMark {
     /// reads only the rows recorded after this one.
     pub(crate) fn open(c: &Connection) -> Result<ClockMark> {
         let stored = stored_mark(c)?;
-        let mark = with_rows_past(c, stored)?;
+        // A mark stored with a commit counts the ids its batch handed out; a batch that failed
+        // before it handed out ids that no row holds, and after a restart those ids are handed
+        // out again: the mark must not cover them, or their rows would not be read here.
+        let from = Mark {
+            through: stored.through.min(crate::journal::last_id(c)?),
+            ..stored
+        };
+        let mark = with_rows_past(c, from)?;
         if mark != stored {
             store(c, mark)?;
         }

@@ -453,8 +453,9 @@ pub(crate) fn migrate(c: &Connection) -> Result<()> {
         let mut insert_row = tx.prepare(
             "INSERT INTO journal (first, count, received_at, entries) VALUES (?1, ?2, ?3, ?4)",
         )?;
-        // Rows of up to this many writes, with consecutive ids; each keeps the latest receipt
-        // time among its writes, so none is pruned sooner than it would have been.
+        // Rows of up to this many writes (and about `ROW_BYTES`), with consecutive ids; each
+        // keeps the latest receipt time among its writes, so none is pruned sooner than it
+        // would have been.
         const PER_ROW: i64 = 512;
         let (mut first, mut count, mut received_at, mut row) = (0i64, 0i64, 0i64, Vec::new());
         let mut moved = 0u64;
@@ -478,7 +479,7 @@ pub(crate) fn migrate(c: &Connection) -> Result<()> {
                     .as_str_or_null()
                     .map_err(|e| StorageError::Corrupt(format!("journal row {id}: {e}")))?,
             };
-            if count > 0 && (id != first + count || count == PER_ROW) {
+            if count > 0 && (id != first + count || count == PER_ROW || row.len() >= ROW_BYTES) {
                 insert_row.execute(params![first, count, received_at, &row[..]])?;
                 (count, received_at) = (0, 0);
                 row.clear();

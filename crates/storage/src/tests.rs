@@ -493,6 +493,32 @@ async fn pruning_keeps_the_newest_row_so_journal_ids_never_go_back() {
     assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(12, 0)));
 }
 
+/// A clock mark that counts ids no journal row holds (a batch that failed had handed them
+/// out) does not hide the rows recorded under those ids after a restart, when the ids are
+/// handed out again.
+#[tokio::test]
+async fn a_clock_mark_past_the_last_journal_id_does_not_hide_rows_recorded_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open(dir.path());
+        s.record(rec("m1", "m1", "v", 5, "a", &[])).await.unwrap();
+        s.close().await;
+    }
+    // The mark counts ids 2 to 9 as well.
+    behind_its_back(dir.path())
+        .execute(
+            "INSERT INTO meta (key, value) VALUES ('hlc_through', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [format!("{} 9", Hlc::new(5, 0).to_text().as_str())],
+        )
+        .unwrap();
+    // A restart; then id 2 is handed out again, and its commit is the last before a crash.
+    open(dir.path()).close().await;
+    add_journal_row(dir.path(), "m2", 8);
+    let s = open(dir.path());
+    assert_eq!(s.max_hlc().await.unwrap(), Some(Hlc::new(8, 0)));
+}
+
 /// A database written before the clock mark existed opens with the greatest stamp of its
 /// whole journal, and stores the mark then.
 #[tokio::test]
@@ -1039,6 +1065,37 @@ async fn a_journal_of_one_row_per_write_moves_to_one_row_per_commit() {
         .map(|m| id_of(m).unwrap())
         .collect();
     assert_eq!(ids, [Some(1), Some(2), Some(5), Some(6)]);
+}
+
+/// Large writes moved from the old journal go into rows of about `ROW_BYTES`, as new ones do.
+#[tokio::test]
+async fn large_writes_moved_from_the_old_journal_fill_rows_of_bounded_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = database_file(dir.path());
+    {
+        let c = Connection::open(&file).unwrap();
+        c.execute_batch(crate::schema::SCHEMA).unwrap();
+        c.execute_batch(&old_journal(true)).unwrap();
+        let body = "x".repeat(journal::ROW_BYTES / 2);
+        for id in 1..=5 {
+            c.execute(
+                "INSERT INTO messages (id, message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
+                 VALUES (?1, ?2, 'singleton', 'SK', 'a', '0000000000010000', '[\"a\"]', ?3, 1)",
+                rusqlite::params![id, format!("m{id}"), body],
+            )
+            .unwrap();
+        }
+    }
+    open(dir.path()).close().await;
+    let c = behind_its_back(dir.path());
+    let rows: Vec<(i64, i64)> = c
+        .prepare("SELECT first, count FROM journal ORDER BY first")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert_eq!(rows, [(1, 2), (3, 2), (5, 1)]);
 }
 
 /// The writes that changed the store are handed over after their commit, in the order they

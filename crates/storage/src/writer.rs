@@ -408,9 +408,11 @@ fn run_batch(
     held.write(tx, &plan.write, now)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
-        if !matches!(op, WriterOp::Record(..)) || hot.journal.is_full() {
+        if reads_journal(op) || hot.journal.is_full() {
             // The journal row of the writes so far goes in first: for the operations that
-            // read the journal (a take-over, a peer met, pruning), and once it is full.
+            // read the journal, and once it is full. Not before every other operation: marks
+            // come between the writes of an origin's batch, and a row before each would cost
+            // about what a row per write did.
             hot.journal.flush(tx, now)?;
         }
         if !isolate {
@@ -467,6 +469,15 @@ fn run_batch(
         held.store_watermark(tx, w)?;
     }
     Ok((results, watermark))
+}
+
+/// Operations that read the journal in the writer's transaction, so must find the batch's
+/// writes before them in it.
+fn reads_journal(op: &WriterOp) -> bool {
+    matches!(
+        op,
+        WriterOp::TakeOver(..) | WriterOp::PeerMet(..) | WriterOp::Prune(..)
+    )
 }
 
 /// Operations after which a batch holds no rows: all held rows are written first, and its
@@ -1355,6 +1366,44 @@ mod tests {
         assert_eq!((known(&w, "m1"), known(&w, "r1")), (None, None));
         assert_eq!(known(&w, "r2"), Some(3));
         assert!(rows(&w).is_empty(), "the acknowledged row went too");
+    }
+
+    /// Marks between the writes of a batch do not split its journal row; an operation that
+    /// reads the journal does, and finds the writes before it.
+    #[test]
+    fn only_operations_that_read_the_journal_split_a_batchs_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = test_writer(dir.path());
+        let rows = |w: &Writer| -> i64 {
+            w.conn
+                .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+                .unwrap()
+        };
+        w.commit_batch(&mut vec![
+            received("r1"),
+            WriterOp::MarkAcked(vec![1], None, reply()),
+            received("r2"),
+            WriterOp::MarkSent(vec![2], reply()),
+            WriterOp::CountAttempt(vec![3], reply()),
+            received("r3"),
+            WriterOp::Applied(vec![4], reply()),
+            received("r4"),
+        ]);
+        assert_eq!(rows(&w), 1);
+        // A take-over between writes reads the journal: the writes before it are there, so
+        // the one from the origin taken over is owed to the new peer.
+        let mut from_a = received("r5");
+        if let WriterOp::Record(rec, _) = &mut from_a {
+            rec.origin = "gone".into();
+        }
+        let (tx, rx) = oneshot::channel();
+        w.commit_batch(&mut vec![
+            from_a,
+            WriterOp::TakeOver("gone".into(), 0, vec!["c".into()], tx),
+            received("r6"),
+        ]);
+        assert_eq!(rx.blocking_recv().unwrap().unwrap(), [("c".to_owned(), 1)]);
+        assert_eq!(rows(&w), 3);
     }
 
     fn held_through(w: &Writer) -> i64 {
