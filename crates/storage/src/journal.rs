@@ -308,41 +308,52 @@ fn entries<'r>(r: &'r rusqlite::Row<'_>) -> Result<&'r [u8]> {
 pub(crate) fn each_after(
     c: &Connection,
     after: i64,
-    mut each: impl FnMut(i64, Entry<'_>) -> Result<()>,
+    each: impl FnMut(i64, Entry<'_>) -> Result<()>,
 ) -> Result<()> {
-    let mut st = c.prepare_cached(
+    each_entry(
+        c,
         "SELECT first, entries FROM journal
          WHERE first >= coalesce((SELECT max(first) FROM journal WHERE first <= ?1), 0)
          ORDER BY first",
-    )?;
-    let mut rows = st.query(params![after])?;
-    while let Some(r) = rows.next()? {
-        let first: i64 = r.get(0)?;
-        let row = entries(r)?;
-        for (i, entry) in decode_all(row)?.into_iter().enumerate() {
-            let id = first + i as i64;
-            if id > after {
-                each(id, entry)?;
-            }
-        }
-    }
-    Ok(())
+        after,
+        after,
+        each,
+    )
 }
 
 /// Calls `each` with every entry of the rows committed at or after `since` (ms), in id order.
 pub(crate) fn each_received_since(
     c: &Connection,
     since: i64,
+    each: impl FnMut(i64, Entry<'_>) -> Result<()>,
+) -> Result<()> {
+    each_entry(
+        c,
+        "SELECT first, entries FROM journal WHERE received_at >= ?1 ORDER BY first",
+        since,
+        i64::MIN,
+        each,
+    )
+}
+
+/// Calls `each` with the entries past `after` of the journal rows `sql` selects (`first` and
+/// `entries`, given `param` as `?1`).
+fn each_entry(
+    c: &Connection,
+    sql: &str,
+    param: i64,
+    after: i64,
     mut each: impl FnMut(i64, Entry<'_>) -> Result<()>,
 ) -> Result<()> {
-    let mut st = c.prepare_cached(
-        "SELECT first, entries FROM journal WHERE received_at >= ?1 ORDER BY first",
-    )?;
-    let mut rows = st.query(params![since])?;
+    let mut st = c.prepare_cached(sql)?;
+    let mut rows = st.query(params![param])?;
     while let Some(r) = rows.next()? {
         let first: i64 = r.get(0)?;
         for (i, entry) in decode_all(entries(r)?)?.into_iter().enumerate() {
-            each(first + i as i64, entry)?;
+            let id = first + i as i64;
+            if id > after {
+                each(id, entry)?;
+            }
         }
     }
     Ok(())
