@@ -428,10 +428,19 @@ async fn two_nodes_of_a_cluster_group_sharing_redis_share_dedup() {
     };
     let n1 = with_redis(group(NodeOptions::default()), &shared);
     let n2 = with_redis(group(NodeOptions::default()), &shared);
-    let c = with_redis(NodeOptions::dialing(&[&n1, &n2]), &own);
+    let c = with_redis(
+        NodeOptions::dialing(&[&n1, &n2]).env("SLIPSTREAM_TAGS", "aws"),
+        &own,
+    );
     c.wait_connected(2).await;
-    // The application sends the same payment to both nodes of its cluster group.
-    let pay = json!({"type": "SK", "key": "order:9", "value": "paid", "messageId": "pay-9"});
+    // The application sends the same payment to both nodes of its cluster group. It is for
+    // c's tag only: c does not relay n1's write on to n2 (n1 and n2 are not peers), so n2
+    // knows of it only through the shared dedup; a relay could reach n2 before n1 marks the
+    // write in Redis after its commit.
+    let pay = json!({
+        "type": "SK", "key": "order:9", "value": "paid", "messageId": "pay-9",
+        "targetedTags": ["aws"]
+    });
     send(&mut WsClient::app(&n1.ws_url()).await.unwrap(), pay.clone()).await;
     send(&mut WsClient::app(&n2.ws_url()).await.unwrap(), pay).await;
     n1.wait_drained().await;
