@@ -964,10 +964,12 @@ async fn seqs_are_never_reused_between_held_and_written_rows() {
     assert_eq!(owed(s.open_deliveries("b", 0, 10).await.unwrap()), ["m2"]);
 }
 
-/// The journal as it was before `seen` and `journal`: one row per write, in the table
-/// `messages`; `recipients` came later than the rest.
-fn old_journal(recipients: bool) -> String {
-    format!(
+/// A database of a closed node as written before `seen` and `journal`: the journal was one
+/// row per write, in the table `messages`, and `recipients` came later than its other columns.
+fn old_database(dir: &Path, recipients: bool) -> Connection {
+    let c = Connection::open(database_file(dir)).unwrap();
+    c.execute_batch(crate::schema::SCHEMA).unwrap();
+    c.execute_batch(&format!(
         "CREATE TABLE messages (
              id            INTEGER PRIMARY KEY,
              message_id    TEXT NOT NULL,
@@ -983,7 +985,9 @@ fn old_journal(recipients: bool) -> String {
          );
          CREATE INDEX messages_received ON messages (received_at);",
         if recipients { "recipients TEXT," } else { "" }
-    )
+    ))
+    .unwrap();
+    c
 }
 
 /// A database written before journal rows listed their recipients opens: its rows owe
@@ -991,12 +995,9 @@ fn old_journal(recipients: bool) -> String {
 #[tokio::test]
 async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
     let dir = tempfile::tempdir().unwrap();
-    let file = database_file(dir.path());
     {
-        let c = Connection::open(&file).unwrap();
         // The journal as it was, without `recipients`, with one write owed to b.
-        c.execute_batch(crate::schema::SCHEMA).unwrap();
-        c.execute_batch(&old_journal(false)).unwrap();
+        let c = old_database(dir.path(), false);
         c.execute_batch(
             "INSERT INTO messages (id, message_id, cluster_group, msg_type, origin, hlc, path, body, received_at)
              VALUES (1, 'old', 'singleton', 'SK', 'a', '0000000000010000', '[\"a\"]', '{}', 1);
@@ -1022,11 +1023,8 @@ async fn a_database_from_before_held_rows_opens_and_keeps_its_outbox() {
 #[tokio::test]
 async fn a_journal_of_one_row_per_write_moves_to_one_row_per_commit() {
     let dir = tempfile::tempdir().unwrap();
-    let file = database_file(dir.path());
     {
-        let c = Connection::open(&file).unwrap();
-        c.execute_batch(crate::schema::SCHEMA).unwrap();
-        c.execute_batch(&old_journal(true)).unwrap();
+        let c = old_database(dir.path(), true);
         // Ids 1, 2 and 5 (3 and 4 were pruned). b acknowledged 1 and 2 and is owed 5, whose
         // row was held when the node stopped: the watermark says so.
         c.execute_batch(
@@ -1071,11 +1069,8 @@ async fn a_journal_of_one_row_per_write_moves_to_one_row_per_commit() {
 #[tokio::test]
 async fn large_writes_moved_from_the_old_journal_fill_rows_of_bounded_size() {
     let dir = tempfile::tempdir().unwrap();
-    let file = database_file(dir.path());
     {
-        let c = Connection::open(&file).unwrap();
-        c.execute_batch(crate::schema::SCHEMA).unwrap();
-        c.execute_batch(&old_journal(true)).unwrap();
+        let c = old_database(dir.path(), true);
         let body = "x".repeat(journal::ROW_BYTES / 2);
         for id in 1..=5 {
             c.execute(
