@@ -20,6 +20,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::raw::{Param, RawStatement};
 use crate::{Result, StorageError};
 
 /// One write as the journal holds it; the texts are borrowed from the encoded row.
@@ -42,6 +43,9 @@ pub(crate) struct Entry<'a> {
 
 /// The length written in place of an absent field.
 const ABSENT: u32 = u32::MAX;
+
+/// Fields per entry, each a length and its bytes.
+const FIELDS: usize = 8;
 
 impl<'a> Entry<'a> {
     /// Appends this entry: each field as its length (4 bytes, little-endian) and its bytes,
@@ -95,6 +99,26 @@ fn put(out: &mut Vec<u8>, field: Option<&str>) {
     }
 }
 
+/// The bytes the entry at the start of `bytes` takes, from its fields' lengths alone (its
+/// texts are checked when it is decoded).
+fn entry_len(bytes: &[u8]) -> Result<usize> {
+    let mut at = 0;
+    for _ in 0..FIELDS {
+        let len = bytes
+            .get(at..at + 4)
+            .ok_or_else(|| corrupt("an entry ends inside a field's length"))?;
+        let len = u32::from_le_bytes(len.try_into().expect("four bytes"));
+        at += 4;
+        if len != ABSENT {
+            at += len as usize;
+            if at > bytes.len() {
+                return Err(corrupt("an entry ends inside a field"));
+            }
+        }
+    }
+    Ok(at)
+}
+
 /// One field from the start of `bytes`, and the bytes after it.
 fn take(bytes: &[u8]) -> Result<(Option<&str>, &[u8])> {
     let (len, rest) = bytes
@@ -139,22 +163,29 @@ pub(crate) fn last_id(c: &Connection) -> Result<i64> {
 }
 
 /// The writer's side: hands out journal ids and collects the commit's entries into its row.
+///
+/// It holds a statement prepared on the writer's connection, so it must be dropped before
+/// that connection closes (the writer declares it first; see `raw.rs`).
 pub(crate) struct Appender {
-    /// The id the next entry gets.
+    /// The id the next entry gets; the row's first entry has `next_id - count`.
     next_id: i64,
-    /// The id of the first entry in `row`.
-    first: i64,
+    /// Entries in `row`.
     count: i64,
     row: Vec<u8>,
+    /// The insert of a row, prepared once. It binds the row where it lies, where rusqlite
+    /// would have SQLite copy it (`raw.rs`).
+    insert: Option<RawStatement>,
 }
 
 /// Where an [`Appender`] stood, to go back to if an operation is rolled back.
 #[derive(Clone, Copy)]
 pub(crate) struct Mark {
-    next_id: i64,
     count: i64,
     len: usize,
 }
+
+const INSERT_ROW: &str =
+    "INSERT INTO journal (first, count, received_at, entries) VALUES (?1, ?2, ?3, ?4)";
 
 /// Bytes of entries past which a journal row is full, and the next entry starts a new row. A
 /// commit of a thousand writes would otherwise make a row of half a megabyte, allocated,
@@ -171,9 +202,9 @@ impl Appender {
         let next_id = last_id(c)? + 1;
         Ok(Appender {
             next_id,
-            first: next_id,
             count: 0,
             row: Vec::new(),
+            insert: None,
         })
     }
 
@@ -203,15 +234,15 @@ impl Appender {
 
     pub(crate) fn mark(&self) -> Mark {
         Mark {
-            next_id: self.next_id,
             count: self.count,
             len: self.row.len(),
         }
     }
 
-    /// Forgets the entries pushed since `mark` (their operation was rolled back).
+    /// Forgets the entries pushed since `mark` (their operation was rolled back), and hands
+    /// their ids out again. No flush comes between a mark and its rewind.
     pub(crate) fn rewind(&mut self, mark: Mark) {
-        self.next_id = mark.next_id;
+        self.next_id -= self.count - mark.count;
         self.count = mark.count;
         self.row.truncate(mark.len);
     }
@@ -219,7 +250,6 @@ impl Appender {
     /// Starts a batch with nothing pushed: entries of a transaction that was rolled back are
     /// dropped. Their ids are not handed out again, which leaves a gap; ids only need to grow.
     pub(crate) fn begin(&mut self) {
-        self.first = self.next_id;
         self.count = 0;
         self.row.clear();
         if self.row.capacity() > KEEP_CAPACITY {
@@ -232,10 +262,16 @@ impl Appender {
     /// operation that reads the journal, so it finds the batch's own writes.
     pub(crate) fn flush(&mut self, c: &Connection, received_at: i64) -> Result<()> {
         if self.count > 0 {
-            c.prepare_cached(
-                "INSERT INTO journal (first, count, received_at, entries) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![self.first, self.count, received_at, &self.row[..]])?;
+            if self.insert.is_none() {
+                self.insert = Some(RawStatement::prepare(c, INSERT_ROW)?);
+            }
+            let insert = self.insert.as_mut().expect("prepared above");
+            insert.execute(&[
+                (self.next_id - self.count).into(),
+                self.count.into(),
+                received_at.into(),
+                Param::Blob(&self.row),
+            ])?;
         }
         self.begin();
         Ok(())
@@ -279,8 +315,7 @@ impl<'c> Reader<'c> {
             let mut at = 0;
             while at < row.len() {
                 self.starts.push(at);
-                let (_, rest) = Entry::decode(&row[at..])?;
-                at = row.len() - rest.len();
+                at += entry_len(&row[at..])?;
             }
             self.first = first;
             self.row = row;
@@ -461,9 +496,7 @@ pub(crate) fn migrate(c: &Connection) -> Result<()> {
         let mut rows = st.query([])?;
         let mut insert_seen =
             tx.prepare("INSERT INTO seen (message_id, cluster_group, id) VALUES (?1, ?2, ?3)")?;
-        let mut insert_row = tx.prepare(
-            "INSERT INTO journal (first, count, received_at, entries) VALUES (?1, ?2, ?3, ?4)",
-        )?;
+        let mut insert_row = tx.prepare(INSERT_ROW)?;
         // Rows of up to this many writes (and about `ROW_BYTES`), with consecutive ids; each
         // keeps the latest receipt time among its writes, so none is pruned sooner than it
         // would have been.
@@ -553,9 +586,12 @@ mod tests {
     fn a_cut_or_damaged_row_is_an_error_naming_the_journal() {
         let mut row = Vec::new();
         entry("m1", None).encode(&mut row);
+        assert_eq!(entry_len(&row).unwrap(), row.len());
         for cut in [1, 5, row.len() - 1] {
             let err = decode_all(&row[..cut]).unwrap_err().to_string();
             assert!(err.contains("journal row"), "{err}");
+            // The walk the reader takes over a row, by the lengths alone, sees it too.
+            assert!(entry_len(&row[..cut]).is_err());
         }
         // The first field's text, made invalid UTF-8.
         let mut damaged = row.clone();

@@ -1,4 +1,5 @@
-//! A prepared statement run through SQLite's C API, for the two statements every write runs.
+//! A prepared statement run through SQLite's C API, for the statements every write runs and
+//! the journal row every commit inserts.
 //!
 //! rusqlite binds every text parameter with `SQLITE_TRANSIENT`, which makes SQLite allocate a
 //! copy of the text, copy it and free the copy when the statement is reset. For a write's
@@ -18,6 +19,7 @@ use rusqlite::{ffi, Connection};
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Param<'a> {
     Text(&'a str),
+    Blob(&'a [u8]),
     Int(i64),
     Null,
 }
@@ -117,8 +119,8 @@ impl RawStatement {
     fn bind_and_step(&mut self, params: &[Param<'_>]) -> rusqlite::Result<usize> {
         for (i, p) in params.iter().enumerate() {
             let col = i as c_int + 1;
-            // SAFETY: `stmt` is live and `col` is within its parameter count. A text is
-            // bound `SQLITE_STATIC`: it stays borrowed until `execute` has cleared the
+            // SAFETY: `stmt` is live and `col` is within its parameter count. A text or blob
+            // is bound `SQLITE_STATIC`: it stays borrowed until `execute` has cleared the
             // bindings, after the last step.
             let rc = unsafe {
                 match *p {
@@ -133,6 +135,21 @@ impl RawStatement {
                             self.stmt,
                             col,
                             s.as_ptr().cast(),
+                            len,
+                            ffi::SQLITE_STATIC(),
+                        )
+                    }
+                    Param::Blob(b) => {
+                        let len = c_int::try_from(b.len()).map_err(|_| {
+                            rusqlite::Error::SqliteFailure(
+                                ffi::Error::new(ffi::SQLITE_TOOBIG),
+                                None,
+                            )
+                        })?;
+                        ffi::sqlite3_bind_blob(
+                            self.stmt,
+                            col,
+                            b.as_ptr().cast(),
                             len,
                             ffi::SQLITE_STATIC(),
                         )
@@ -218,6 +235,20 @@ mod tests {
                 ("key-2-é\"\\".into(), 2, Some("v2".into())),
             ]
         );
+    }
+
+    #[test]
+    fn blobs_are_stored_byte_for_byte() {
+        let c = conn();
+        let mut st =
+            RawStatement::prepare(&c, "INSERT INTO t (a, b, c) VALUES ('k', 1, ?1)").unwrap();
+        {
+            // Bytes that are gone once the call returns, zeros and invalid UTF-8 among them.
+            let bytes: Vec<u8> = (0..=255u8).chain([0, 0xff, 0]).collect();
+            assert_eq!(st.execute(&[Param::Blob(&bytes)]).unwrap(), 1);
+        }
+        let stored: Vec<u8> = c.query_row("SELECT c FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(stored, (0..=255u8).chain([0, 0xff, 0]).collect::<Vec<_>>());
     }
 
     #[test]
