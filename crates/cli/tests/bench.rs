@@ -52,6 +52,11 @@ fn a_local_mesh_run_reports_every_figure_and_that_every_node_holds_every_write()
         number(&l["max"], "max"),
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{l}");
+    assert_eq!(
+        r["behindScheduleMsMax"],
+        Value::Null,
+        "no --rate, no schedule: {r}"
+    );
     // Direct forwarding on a healthy full mesh: the origin sends each write to the two
     // others and nobody forwards it again (a resend after a slow ACK may add a little).
     let sends = number(&r["messagesSentPerWrite"], "messages per write");
@@ -70,6 +75,34 @@ fn a_local_mesh_run_reports_every_figure_and_that_every_node_holds_every_write()
         assert!(number(&n["peakRssMiB"], "rss") > 1.0, "{n}");
         assert!(number(&n["commits"], "commits") >= 1.0, "{n}");
     }
+}
+
+#[test]
+fn at_a_rate_the_mesh_cannot_hold_each_write_counts_its_wait_from_its_scheduled_time() {
+    // One write in flight at a time cannot go out a million times a second: each write waits
+    // for the ACK of the one before, past its scheduled time.
+    let (code, r, stderr) = bench(&[
+        "--nodes",
+        "2",
+        "--messages",
+        "300",
+        "--warmup",
+        "0",
+        "--window",
+        "1",
+        "--batch",
+        "1",
+        "--rate",
+        "1000000",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}\n{r}");
+    assert_eq!(r["everyNodeHoldsEveryWrite"], true, "{r}");
+    let late = number(&r["behindScheduleMsMax"], "behind schedule");
+    assert!(late > 0.0, "{r}");
+    // The latest write was applied after it went out, and it went out `late` after it was
+    // due: counted from its schedule, its latency holds that wait.
+    let max = number(&r["latencyMs"]["max"], "max");
+    assert!(max >= late, "max {max} ms, behind schedule {late} ms: {r}");
 }
 
 #[test]
