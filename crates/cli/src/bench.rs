@@ -501,8 +501,8 @@ fn write_frame(
 /// How many writes a frame from the origin acknowledges; a `NACK` is an error.
 fn acked_in(frame: &str) -> anyhow::Result<usize> {
     // The writing connection is an app too, so its node pushes it every write back: frames
-    // without an ACK or NACK are those pushes, skipped without decoding them (bench keys and
-    // values never hold the text).
+    // without an ACK or NACK are those pushes, not decoded here (bench keys and values never
+    // hold the text; the caller scans them for node 1's applied times).
     if !frame.contains("ACK\"") {
         return Ok(0);
     }
@@ -681,7 +681,9 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     let applied: Arc<Vec<Mutex<Vec<Option<Instant>>>>> =
         Arc::new(urls.iter().map(|_| Mutex::new(vec![None; n])).collect());
     let mut watchers = Vec::new();
-    for (i, url) in urls.iter().enumerate() {
+    // Node 1's watcher is the writing connection itself (below): an app there is pushed every
+    // write, and a second app would double the origin's pushes, which no real app pays for.
+    for (i, url) in urls.iter().enumerate().skip(1) {
         let mut ws = app(url).await?;
         let applied = applied.clone();
         let applied_count = applied_count.clone();
@@ -752,29 +754,64 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     }
     let sent_at: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; n]));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.window));
-    let acker = {
+    // The writing connection's reader: it counts the ACKs, which free the window, and, as
+    // node 1's watcher, the pushes of the writes applied there. It hands over the ACK count
+    // (and when the last came) once every write is acknowledged, and goes on until every
+    // write was pushed too, as the other watchers do.
+    let (acks_tx, acker) = tokio::sync::oneshot::channel::<anyhow::Result<(usize, Instant)>>();
+    watchers.insert(0, {
         let in_flight = in_flight.clone();
         let acked_count = acked_count.clone();
+        let applied = applied.clone();
+        let applied_count = applied_count.clone();
+        let prefix = prefix.clone();
+        let order = args.keys;
         tokio::spawn(async move {
-            let mut acked = 0usize;
-            let mut last = Instant::now();
-            while acked < n {
+            let mut acks_tx = Some(acks_tx);
+            let (mut acked, mut last, mut seen) = (0usize, Instant::now(), 0usize);
+            while acked < n || seen < n {
                 let t = match stream.next().await {
                     Some(Ok(WsMessage::Text(t))) => t,
                     Some(Ok(_)) => continue,
                     _ => break,
                 };
-                let count = acked_in(t.as_str())?;
+                let now = Instant::now();
+                let count = match acked_in(t.as_str()) {
+                    Ok(count) => count,
+                    Err(e) => {
+                        if let Some(tx) = acks_tx.take() {
+                            let _ = tx.send(Err(e));
+                        }
+                        break;
+                    }
+                };
                 if count > 0 {
                     acked += count;
                     acked_count.fetch_add(count, Ordering::Relaxed);
                     in_flight.add_permits(count);
-                    last = Instant::now();
+                    last = now;
+                    if acked >= n {
+                        if let Some(tx) = acks_tx.take() {
+                            let _ = tx.send(Ok((acked, last)));
+                        }
+                    }
+                }
+                let mut slots = applied[0].lock().unwrap_or_else(|p| p.into_inner());
+                for idx in pushed_indexes(t.as_str(), &prefix, order) {
+                    if idx < n && slots[idx].is_none() {
+                        slots[idx] = Some(now);
+                        seen += 1;
+                        applied_count[0].fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
-            Ok::<_, anyhow::Error>((acked, last))
+            // The connection closed first: what was acknowledged so far.
+            if let Some(tx) = acks_tx.take() {
+                let _ = tx.send(Ok((acked, last)));
+            }
+            seen
         })
-    };
+    });
     let start = Instant::now();
     let show = !args.json;
     // The origin's resident memory at every tenth of the writes.
@@ -875,7 +912,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     };
     let (acked, last_ack) = tokio::time::timeout(Duration::from_secs(120), acker)
         .await
-        .map_err(|_| anyhow!("ACKs stopped coming"))???;
+        .map_err(|_| anyhow!("ACKs stopped coming"))?
+        .map_err(|_| anyhow!("the writing connection's reader ended"))??;
     if acked < n {
         bail!("the origin closed the connection after {acked} of {n} acknowledgements");
     }
