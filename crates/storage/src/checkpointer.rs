@@ -29,37 +29,68 @@ use rusqlite::Connection;
 use crate::{Result, WriterStats};
 
 /// How often the checkpointer copies the WAL back while commits come in ([`Pace::DEFAULT`]).
-/// Each round syncs the WAL and the database file beside the writer's own fsyncs, so rounds
-/// should not be more frequent than the WAL's growth calls for, nor so far apart that one
-/// copies a great deal at once (every 250 ms with an 8,000-page aim and a 20,000-page bound
-/// lengthened p99 at 10,000 writes/s by about two fifths). The wait follows the frames the WAL
-/// held at the last round, aiming at [`CHECKPOINT_PAGES`].
+/// Each round syncs the WAL and the database file beside the writer's own fsyncs, and the
+/// database file's fsync flushes every page the round copied: the writer's next WAL fsync
+/// waits behind that flush on the same disk. So the rhythm depends on how busy the writer is:
+///
+/// - While it keeps up (commits of a few writes each), rounds are small and frequent: every
+///   20 ms or more, aiming at 500 pages. At 10,000 writes/s one per frame, rounds every
+///   250 ms (aiming at 3,000 pages) gave a p99 of 14.4 ms on 3 nodes and 5.4 ms on a node
+///   alone; every 20 ms, 7.8 and 3.0 ms (BENCHMARKS.md, "2026-12-06, evening").
+/// - While it is saturated (commits of [`BUSY_OPS`] operations or more), rounds are larger:
+///   every 250 ms or more, aiming at 3,000 pages. A page changed by several commits between
+///   two rounds is copied once, which saves the CPU the writer is short of; with keys in
+///   random order, small rounds carried about 8 % fewer writes at full speed. Larger still
+///   (every 250 ms with an 8,000-page aim and a 20,000-page bound) lengthened p99 by about
+///   two fifths.
+///
+/// The wait follows the frames the WAL held at the last round, aiming at the pages above.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pace {
-    /// The shortest wait between rounds (random keys at full speed wait this).
+    /// The shortest wait between rounds while the writer keeps up.
     pub(crate) min: Duration,
+    /// The shortest wait between rounds while the writer is saturated.
+    pub(crate) busy_min: Duration,
     /// The longest wait between rounds (a trickle of writes, or none).
     pub(crate) max: Duration,
-    /// The WAL frames (pages) a round aims to find.
+    /// The WAL frames (pages) a round aims to find while the writer keeps up.
     pub(crate) pages: u64,
+    /// The WAL frames a round aims to find while the writer is saturated.
+    pub(crate) busy_pages: u64,
 }
 
 impl Pace {
     pub(crate) const DEFAULT: Pace = Pace {
-        min: Duration::from_millis(250),
+        min: Duration::from_millis(20),
+        busy_min: Duration::from_millis(250),
         max: Duration::from_secs(2),
-        pages: CHECKPOINT_PAGES,
+        pages: 500,
+        busy_pages: CHECKPOINT_PAGES,
     };
 
     /// The wait after a round that found `frames` in the WAL following a wait of `wait`:
-    /// scaled toward [`Pace::pages`] a round, by at most a factor of two each time, within
-    /// [`Pace::min`] and [`Pace::max`].
-    pub(crate) fn next(&self, wait: Duration, frames: u64) -> Duration {
-        let scaled = wait.mul_f64(self.pages as f64 / frames.max(1) as f64);
+    /// scaled toward the round's aim in pages, by at most a factor of two each time, within
+    /// the minimum (the writer `busy` or not) and [`Pace::max`].
+    pub(crate) fn next(&self, wait: Duration, frames: u64, busy: bool) -> Duration {
+        let (min, pages) = match busy {
+            true => (self.busy_min, self.busy_pages),
+            false => (self.min, self.pages),
+        };
+        let scaled = wait.mul_f64(pages as f64 / frames.max(1) as f64);
         scaled
             .clamp(wait / 2, wait * 2)
-            .clamp(self.min, self.max.max(self.min))
+            .clamp(min, self.max.max(min))
     }
+}
+
+/// Operations per commit, on average since the last round, from which the writer counts as
+/// saturated: its queue fills its batches. At 10,000 writes/s one per frame a node commits
+/// about 7–9 at a time; at full speed, hundreds.
+pub(crate) const BUSY_OPS: u64 = 32;
+
+/// Whether `commits` commits carrying `ops` operations in all show a saturated writer.
+fn busy(commits: u64, ops: u64) -> bool {
+    commits > 0 && ops >= BUSY_OPS * commits
 }
 
 /// WAL pages the checkpointer aims to find a round: what the writer's own automatic checkpoint
@@ -109,16 +140,24 @@ impl Drop for Checkpointer {
 fn run(conn: &Connection, stopped: &mpsc::Receiver<()>, stats: &WriterStats, pace: Pace) {
     // Commits counted before the thread ran count too.
     let mut seen = 0;
+    // The writer's commits and operations at the last round, for how busy it was since.
+    let mut last = (0, 0);
     let mut wait = pace.min;
     loop {
         match stopped.recv_timeout(wait) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
+        let now = (
+            stats.commits.load(Ordering::Relaxed),
+            stats.ops.load(Ordering::Relaxed),
+        );
+        let busy = busy(now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
+        last = now;
         match round(conn, stats, &mut seen) {
             // Nothing committed: an idle node wakes less and less often, up to the maximum.
-            Ok(None) => wait = pace.next(wait, 0),
-            Ok(Some(frames)) => wait = pace.next(wait, frames),
+            Ok(None) => wait = pace.next(wait, 0, busy),
+            Ok(Some(frames)) => wait = pace.next(wait, frames, busy),
             // The next round tries again; the writer's bound keeps the WAL from growing on.
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
         }
@@ -207,8 +246,10 @@ mod tests {
         let every = Duration::from_millis(5);
         let pace = Pace {
             min: every,
+            busy_min: every,
             max: every,
             pages: 1,
+            busy_pages: 1,
         };
         let c = Checkpointer::start(crate::open_conn(&file).unwrap(), stats.clone(), pace).unwrap();
         stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -227,16 +268,42 @@ mod tests {
     fn the_wait_follows_the_frames_a_round_found() {
         let pace = Pace::DEFAULT;
         let ms = Duration::from_millis;
-        // On target: the same wait.
-        assert_eq!(pace.next(ms(500), pace.pages), ms(500));
-        // Half the target: twice the wait; a tenth: still only twice.
-        assert_eq!(pace.next(ms(500), pace.pages / 2), ms(1000));
-        assert_eq!(pace.next(ms(500), pace.pages / 10), ms(1000));
-        // Three times the target: a third of the wait, but not under the minimum.
-        assert_eq!(pace.next(ms(600), pace.pages * 3), ms(300));
-        assert_eq!(pace.next(ms(300), pace.pages * 3), pace.min);
-        // An empty WAL (started again, and only marks committed since): longer, up to the
-        // maximum.
-        assert_eq!(pace.next(pace.max, 0), pace.max);
+        for (busy, min, pages) in [
+            (false, pace.min, pace.pages),
+            (true, pace.busy_min, pace.busy_pages),
+        ] {
+            // On target: the same wait.
+            assert_eq!(pace.next(ms(500), pages, busy), ms(500));
+            // Half the target: twice the wait; a tenth: still only twice.
+            assert_eq!(pace.next(ms(500), pages / 2, busy), ms(1000));
+            assert_eq!(pace.next(ms(500), pages / 10, busy), ms(1000));
+            // Three times the target: a third of the wait, but not under the minimum.
+            assert_eq!(pace.next(ms(900), pages * 3, busy), ms(450));
+            assert_eq!(pace.next(min * 2, pages * 3, busy), min);
+            // An empty WAL (started again, and only marks committed since): longer, up to
+            // the maximum.
+            assert_eq!(pace.next(pace.max, 0, busy), pace.max);
+        }
+        // A writer that keeps up gets small rounds, often; a saturated one larger rounds.
+        assert!(pace.min < pace.busy_min && pace.pages < pace.busy_pages);
+        // From busy to keeping up, the wait comes down by half a round, not at once; the
+        // other way, it goes up to the busy minimum at once.
+        assert_eq!(
+            pace.next(pace.busy_min, pace.pages * 4, false),
+            pace.busy_min / 2
+        );
+        assert_eq!(pace.next(pace.min, pace.pages, true), pace.busy_min);
+    }
+
+    #[test]
+    fn a_writer_is_busy_when_its_commits_carry_many_operations() {
+        // At 10,000 writes/s one per frame: about 8 operations a commit.
+        assert!(!busy(1_700, 8 * 1_700));
+        // At full speed: hundreds.
+        assert!(busy(170, 580 * 170));
+        assert!(busy(10, BUSY_OPS * 10));
+        assert!(!busy(10, BUSY_OPS * 10 - 1));
+        // No commit since the last round: not busy (an idle node's rounds stretch out).
+        assert!(!busy(0, 0));
     }
 }
