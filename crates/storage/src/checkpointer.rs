@@ -8,14 +8,17 @@
 //! commit, and every caller of that commit waits for it: at 10,000 pages sequential writes lost
 //! about an eighth and latency tails grew (BENCHMARKS.md).
 //!
-//! So a second connection runs passive checkpoints while commits come in, about every
-//! [`CHECKPOINT_PAGES`] of WAL (see [`Pace`]). A passive checkpoint never blocks the writer,
-//! which keeps appending to the WAL while the frames before are copied. This connection is
+//! So a second connection runs passive checkpoints while commits come in: about every 500
+//! pages of WAL while the writer keeps up, so that each round's fsync of the database file
+//! stays small, and about every [`CHECKPOINT_PAGES`] while it is saturated (see [`Pace`]). A
+//! passive checkpoint never blocks the writer, which keeps appending to the WAL while the
+//! frames before are copied. This connection is
 //! `synchronous = FULL`, so it syncs the WAL before copying from it and the database file before
 //! it lets the WAL be reused, whatever the writer's own setting (unsynced marks, `writer.rs`).
 //!
-//! The WAL starts again from its beginning only when a commit finds it wholly copied: after a
-//! round that ended between two commits, or after a checkpoint of the writer's own. So the
+//! The WAL starts again from its beginning only at a commit whose transaction began with the
+//! WAL wholly copied: after a round that ended between two of the writer's transactions, or
+//! after a checkpoint of the writer's own. So the
 //! writer keeps its automatic checkpoint as a bound ([`WAL_BOUND_PAGES`]): past it, its commit
 //! copies what this thread has not (the frames since its last round) and the WAL restarts.
 
@@ -93,8 +96,9 @@ fn busy(commits: u64, ops: u64) -> bool {
     commits > 0 && ops >= BUSY_OPS * commits
 }
 
-/// WAL pages the checkpointer aims to find a round: what the writer's own automatic checkpoint
-/// copied before there was a checkpointer (SQLite's default is 1,000).
+/// WAL pages the checkpointer aims to find a round while the writer is saturated: what the
+/// writer's own automatic checkpoint copied before there was a checkpointer (SQLite's default
+/// is 1,000).
 pub(crate) const CHECKPOINT_PAGES: u64 = 3_000;
 
 /// WAL pages past which the writer checkpoints itself (see the module's comment), about
