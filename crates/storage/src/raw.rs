@@ -124,36 +124,20 @@ impl RawStatement {
             // bindings, after the last step.
             let rc = unsafe {
                 match *p {
-                    Param::Text(s) => {
-                        let len = c_int::try_from(s.len()).map_err(|_| {
-                            rusqlite::Error::SqliteFailure(
-                                ffi::Error::new(ffi::SQLITE_TOOBIG),
-                                None,
-                            )
-                        })?;
-                        ffi::sqlite3_bind_text(
-                            self.stmt,
-                            col,
-                            s.as_ptr().cast(),
-                            len,
-                            ffi::SQLITE_STATIC(),
-                        )
-                    }
-                    Param::Blob(b) => {
-                        let len = c_int::try_from(b.len()).map_err(|_| {
-                            rusqlite::Error::SqliteFailure(
-                                ffi::Error::new(ffi::SQLITE_TOOBIG),
-                                None,
-                            )
-                        })?;
-                        ffi::sqlite3_bind_blob(
-                            self.stmt,
-                            col,
-                            b.as_ptr().cast(),
-                            len,
-                            ffi::SQLITE_STATIC(),
-                        )
-                    }
+                    Param::Text(s) => ffi::sqlite3_bind_text(
+                        self.stmt,
+                        col,
+                        s.as_ptr().cast(),
+                        c_len(s.len())?,
+                        ffi::SQLITE_STATIC(),
+                    ),
+                    Param::Blob(b) => ffi::sqlite3_bind_blob(
+                        self.stmt,
+                        col,
+                        b.as_ptr().cast(),
+                        c_len(b.len())?,
+                        ffi::SQLITE_STATIC(),
+                    ),
                     Param::Int(v) => ffi::sqlite3_bind_int64(self.stmt, col, v),
                     Param::Null => ffi::sqlite3_bind_null(self.stmt, col),
                 }
@@ -193,6 +177,13 @@ fn error(db: *mut ffi::sqlite3, rc: c_int) -> rusqlite::Error {
         (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
     };
     rusqlite::Error::SqliteFailure(ffi::Error::new(rc), message)
+}
+
+/// A text's or blob's length as SQLite takes it; past `c_int`, the error SQLite gives a value
+/// too big.
+fn c_len(len: usize) -> rusqlite::Result<c_int> {
+    c_int::try_from(len)
+        .map_err(|_| rusqlite::Error::SqliteFailure(ffi::Error::new(ffi::SQLITE_TOOBIG), None))
 }
 
 #[cfg(test)]
