@@ -817,17 +817,23 @@ fn update_each(
         "UPDATE deliveries {set}, updated_at = ?2, note = coalesce(?3, note)
          WHERE seq IN (SELECT value FROM json_each(?1)) AND {condition}"
     );
-    let mut list = String::with_capacity(seqs.len() * 8 + 2);
+    c.prepare_cached(&sql)?
+        .execute(params![json_list(seqs), now, note])?;
+    Ok(())
+}
+
+/// `ids` as a JSON array, for `json_each` to hand one statement many rows.
+fn json_list(ids: &[i64]) -> String {
+    let mut list = String::with_capacity(ids.len() * 8 + 2);
     list.push('[');
-    for (i, s) in seqs.iter().enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             list.push(',');
         }
-        list.push_str(&s.to_string());
+        list.push_str(&id.to_string());
     }
     list.push(']');
-    c.prepare_cached(&sql)?.execute(params![list, now, note])?;
-    Ok(())
+    list
 }
 
 /// Records a write; returns what happened and the message's journal row (0 when it was
@@ -935,17 +941,20 @@ fn take_over(
         }
         Ok(())
     })?;
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement per peer, the writes in id order (`json_each` keeps the array's).
+    let writes = json_list(&writes);
     let mut st = c.prepare_cached(
         "INSERT INTO deliveries (msg, peer, state, attempts, updated_at)
-         SELECT ?1, ?2, 'pending', 0, ?3
-         WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = ?1 AND d.peer = ?2)",
+         SELECT w.value, ?2, 'pending', 0, ?3 FROM json_each(?1) w
+         WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg = w.value AND d.peer = ?2)
+         ORDER BY w.key",
     )?;
     let mut added = Vec::new();
     for peer in peers {
-        let mut n = 0;
-        for msg in &writes {
-            n += st.execute(params![msg, peer, now])?;
-        }
+        let n = st.execute(params![writes, peer, now])?;
         if n > 0 {
             added.push((peer.clone(), n as i64));
         }
