@@ -468,6 +468,28 @@ fn pushed_indexes<'a>(
     })
 }
 
+/// Marks the bench writes pushed in `frame` as applied at `now` in `slots` (one per write),
+/// each once, and counts them in `count`; returns how many were new.
+fn record_pushes(
+    frame: &str,
+    prefix: &str,
+    order: KeyOrder,
+    now: Instant,
+    slots: &Mutex<Vec<Option<Instant>>>,
+    count: &AtomicUsize,
+) -> usize {
+    let mut slots = slots.lock().unwrap_or_else(|p| p.into_inner());
+    let mut new = 0;
+    for idx in pushed_indexes(frame, prefix, order) {
+        if let Some(slot @ None) = slots.get_mut(idx) {
+            *slot = Some(now);
+            new += 1;
+        }
+    }
+    count.fetch_add(new, Ordering::Relaxed);
+    new
+}
+
 /// A frame of bench writes, written directly (the values need no escaping): keys in `order`,
 /// message ids in `id_order`.
 fn write_frame(
@@ -699,14 +721,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                     _ => break,
                 };
                 let now = Instant::now();
-                let mut slots = applied[i].lock().unwrap_or_else(|p| p.into_inner());
-                for idx in pushed_indexes(t.as_str(), &prefix, order) {
-                    if idx < n && slots[idx].is_none() {
-                        slots[idx] = Some(now);
-                        seen += 1;
-                        applied_count[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                seen += record_pushes(
+                    t.as_str(),
+                    &prefix,
+                    order,
+                    now,
+                    &applied[i],
+                    &applied_count[i],
+                );
             }
             seen
         }));
@@ -796,14 +818,14 @@ async fn bench(args: BenchArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
-                let mut slots = applied[0].lock().unwrap_or_else(|p| p.into_inner());
-                for idx in pushed_indexes(t.as_str(), &prefix, order) {
-                    if idx < n && slots[idx].is_none() {
-                        slots[idx] = Some(now);
-                        seen += 1;
-                        applied_count[0].fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                seen += record_pushes(
+                    t.as_str(),
+                    &prefix,
+                    order,
+                    now,
+                    &applied[0],
+                    &applied_count[0],
+                );
             }
             // The connection closed first: what was acknowledged so far.
             if let Some(tx) = acks_tx.take() {
